@@ -1,0 +1,1 @@
+"""Latency benchmarks and the human-readable report."""

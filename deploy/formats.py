@@ -1,0 +1,123 @@
+"""The one table of export formats that the exporter, the parity stage and the benchmark all read.
+
+Adding a backend is adding a row here and its export/runner modules (Ultralytics' idea); whether a format
+can run on this machine is asked of the row, and a "no" comes with its reason (mmdeploy's idea).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from deploy.preprocess import PreprocessSpec
+from deploy.runners.base import Runner
+from pipeline.errors import ConfigError
+
+
+@dataclass
+class ExportRequest:
+    """Everything an exporter may need; calibration images serve the INT8 variants."""
+
+    model: nn.Module
+    spec: PreprocessSpec
+    out_dir: Path
+    precision: str
+    opset: int = 17
+    calibration_images: np.ndarray | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str
+    precisions: tuple[str, ...]
+    export: Callable[[ExportRequest], dict]  # -> record with "files": [names in out_dir], plus facts
+    make_runner: Callable[[Path, dict, PreprocessSpec, int], Runner]  # (export dir, record, spec, threads)
+    runnable_here: Callable[[], tuple[bool, str]]
+
+
+def _always() -> tuple[bool, str]:
+    return True, ""
+
+
+def _export_onnx(request: ExportRequest) -> dict:
+    from deploy.export.onnx_export import export_onnx
+
+    name = f"student_{request.precision}.onnx"
+    record = export_onnx(request.model, request.spec, request.out_dir / name, opset=request.opset)
+    return {"files": [name], **record}
+
+
+def _onnx_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+    from deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(folder / record["files"][0], spec, record["precision"], threads)
+
+
+def _export_ncnn(request: ExportRequest) -> dict:
+    from deploy.export.ncnn_export import export_ncnn
+
+    record = export_ncnn(request.model, request.spec, request.out_dir, request.precision)
+    return {"files": [Path(record["param"]).name, Path(record["bin"]).name],
+            **{k: v for k, v in record.items() if k not in {"param", "bin", "precision"}}}
+
+
+def _ncnn_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+    from deploy.runners.ncnn_runner import NcnnRunner
+
+    param, weights = record["files"]
+    return NcnnRunner(folder / param, folder / weights, spec, record["precision"], threads,
+                      record.get("input_blob"), record.get("output_blob"))
+
+
+def _export_coreml(request: ExportRequest) -> dict:
+    """Convert, then validate what Linux can validate (names, shapes, preprocessing, precision) at once."""
+    from deploy.export.coreml_export import export_coreml
+    from deploy.runners.coreml_runner import validate_coreml_package
+
+    name = f"student_{request.precision}.mlpackage"
+    record = export_coreml(request.model, request.spec, request.out_dir / name, request.precision)
+    facts = validate_coreml_package(request.out_dir / name, request.spec, request.precision)
+    return {"files": [name], "validated": {k: facts[k] for k in ("input_shape", "output_shape", "precision") if k in facts},
+            **{k: v for k, v in record.items() if k not in {"path", "precision"}}}
+
+
+def _coreml_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+    from deploy.runners.coreml_runner import CoreMLRunner
+
+    return CoreMLRunner(folder / record["files"][0], spec, record["precision"], threads)
+
+
+def _coreml_runnable() -> tuple[bool, str]:
+    from deploy.runners.coreml_runner import coreml_prediction_available
+
+    return coreml_prediction_available()
+
+
+FORMATS: dict[str, ExportFormat] = {
+    "onnx": ExportFormat("onnx", ".onnx", ("fp32",), _export_onnx, _onnx_runner, _always),
+    "ncnn": ExportFormat("ncnn", ".ncnn.param", ("fp32", "fp16"), _export_ncnn, _ncnn_runner, _always),
+    "coreml": ExportFormat("coreml", ".mlpackage", ("fp32", "fp16"), _export_coreml, _coreml_runner, _coreml_runnable),
+}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise ConfigError(f"unknown export format {name!r}; known: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def parse_format_entry(entry: str) -> tuple[ExportFormat, tuple[str, ...]]:
+    """'onnx' -> every precision of the format; 'ncnn:fp32,fp16' -> those precisions only."""
+    name, _, precisions = entry.partition(":")
+    export_format = get_format(name)
+    chosen = tuple(p for p in precisions.split(",") if p) or export_format.precisions
+    unknown = [p for p in chosen if p not in export_format.precisions]
+    if unknown:
+        raise ConfigError(f"format {name!r} has no precision {', '.join(unknown)}; it has {', '.join(export_format.precisions)}")
+    return export_format, chosen

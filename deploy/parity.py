@@ -1,0 +1,98 @@
+"""Parity of a backend against the PyTorch reference: numeric (per-image cosine, max abs) and accuracy.
+
+Tensor agreement alone can hide a metric change and vice versa (mmdeploy's lesson), so both gates apply:
+cosine >= min_cosine on every image, and |verification accuracy delta| <= max_accuracy_delta_points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.config import GateConfig
+from pipeline.data.arrays import VerificationPairs
+from pipeline.evaluation.verification import accuracy_delta_points, evaluate_verification
+
+WORST_IMAGES_LISTED = 5
+
+
+@dataclass
+class ParityResult:
+    backend: str
+    precision: str
+    status: str  # "pass" | "fail" | "skipped" | "error"
+    reason: str = ""
+    num_images: int = 0
+    cosine_min: float | None = None
+    cosine_mean: float | None = None
+    max_abs_diff: float | None = None
+    accuracy_reference: float | None = None
+    accuracy_backend: float | None = None
+    accuracy_delta_points: float | None = None
+    worst_images: list[dict] = field(default_factory=list)
+    gate: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend}/{self.precision}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def per_image_cosine(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    if reference.shape != candidate.shape:
+        raise ValueError(f"embedding shapes differ: reference {reference.shape}, backend {candidate.shape}")
+    ref = reference.astype(np.float64)
+    cand = candidate.astype(np.float64)
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1)
+    return (ref * cand).sum(axis=1) / np.maximum(norms, 1e-12)
+
+
+def check_parity(
+    backend: str,
+    precision: str,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    pairs: VerificationPairs,
+    gate: GateConfig,
+    image_names: list[str] | None = None,
+) -> ParityResult:
+    """Compare `candidate` embeddings with `reference` on the pairs' images and apply both gates."""
+    cosines = per_image_cosine(reference, candidate)
+    order = np.argsort(cosines)[:WORST_IMAGES_LISTED]
+    worst = [{"image": image_names[i] if image_names else int(i), "cosine": float(cosines[i])} for i in order]
+    num_pairs = len(candidate) // 2
+    reference_accuracy = evaluate_verification(reference[: 2 * num_pairs], pairs.issame[:num_pairs])
+    backend_accuracy = evaluate_verification(candidate[: 2 * num_pairs], pairs.issame[:num_pairs])
+    delta = accuracy_delta_points(reference_accuracy, backend_accuracy)
+    failures = []
+    if cosines.min() < gate.min_cosine:
+        below = int((cosines < gate.min_cosine).sum())
+        failures.append(
+            f"cosine {cosines.min():.6f} < {gate.min_cosine} on {below} of {len(cosines)} images "
+            f"(worst: {', '.join(str(w['image']) for w in worst[:3])})"
+        )
+    if abs(delta) > gate.max_accuracy_delta_points:
+        failures.append(f"accuracy delta {delta:+.2f} points exceeds ±{gate.max_accuracy_delta_points}")
+    return ParityResult(
+        backend=backend,
+        precision=precision,
+        status="fail" if failures else "pass",
+        reason="; ".join(failures),
+        num_images=len(cosines),
+        cosine_min=float(cosines.min()),
+        cosine_mean=float(cosines.mean()),
+        max_abs_diff=float(np.abs(reference - candidate).max()),
+        accuracy_reference=reference_accuracy.accuracy,
+        accuracy_backend=backend_accuracy.accuracy,
+        accuracy_delta_points=delta,
+        worst_images=worst,
+        gate=gate.model_dump(),
+    )
+
+
+def skipped(backend: str, precision: str, reason: str) -> ParityResult:
+    return ParityResult(backend, precision, "skipped", reason)

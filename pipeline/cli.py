@@ -1,0 +1,98 @@
+"""Command line: `python -m pipeline run --profile default` runs (or resumes) the whole pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import load_config, profile_path
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipeline.stages import STAGE_NAMES
+
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the staged pipeline; fresh stages are skipped")
+    run.add_argument("--profile", default="default", help="configs/<name>.yaml or a path to a YAML file")
+    run.add_argument("--runs-dir", default="runs", type=Path, help="where runs/<run-name>/<stage>/ are written")
+    run.add_argument("--run-name", help="override the profile's run_name")
+    run.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="rerun this stage and every later one")
+    run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    run.add_argument("--force", action="store_true", help="rerun every stage, ignoring the cache")
+    run.add_argument("--teacher-checkpoint", type=Path, help="use this trained teacher (safetensors or torch weights) instead of training one")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set distill.optim.epochs=2 (value parsed as JSON when it can be)")
+    return parser
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise PipelineError(f"--set {pair!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from benchmarks.report import summary_rows
+    from pipeline.stages import STAGES
+    from pipeline.stages.parity_stage import failed_parity
+    from pipeline.stages.runner import StageRunner
+
+    overrides = parse_overrides(args.overrides)
+    if args.run_name:
+        overrides["run_name"] = args.run_name
+    if args.teacher_checkpoint:
+        overrides["teacher.checkpoint"] = str(args.teacher_checkpoint.resolve())
+    config = load_config(profile_path(args.profile), overrides)
+    runner = StageRunner(config, STAGES, args.runs_dir)
+    started = time.perf_counter()
+    outcomes = runner.run(from_stage=args.from_stage, until=args.until, force=args.force)
+    print(f"\nStages ({time.perf_counter() - started:.1f} s in all):")
+    for outcome in outcomes:
+        print(f"  {outcome.name:<10} {outcome.status:<7} {outcome.wall_time_s:8.1f} s")
+    run_dir = runner.run_dir
+    report = run_dir / "report" / "report.md"
+    if not report.is_file():
+        return 0
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    parity = json.loads((run_dir / "parity" / "parity.json").read_text())
+    latency = json.loads((run_dir / "benchmark" / "latency.json").read_text())
+    print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
+    for row in summary_rows(metrics, parity, latency):
+        print("| " + " | ".join(row) + " |")
+    print(f"\nReport: {report.resolve()}\n        {report.with_suffix('.html').resolve()}")
+    failures = failed_parity(parity)
+    for failure in failures:
+        print(f"PARITY FAILED {failure['backend']}/{failure['precision']}: {failure['reason']}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return run_command(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; rerun to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""Trained models on disk: weights in safetensors, the architecture (registry name + args) in JSON beside them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.artifacts import atomic_path, write_json_atomic
+from pipeline.distill.checkpoint import load_module_weights
+from pipeline.errors import DataError
+from pipeline.models.registry import create_model
+
+
+def save_weights(path: Path, module: nn.Module) -> None:
+    with atomic_path(path) as temp:
+        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(temp))
+
+
+def save_model(folder: Path, stem: str, model: nn.Module, name: str, args: dict[str, Any]) -> None:
+    """Write <stem>.safetensors and <stem>.json (how to rebuild it)."""
+    save_weights(folder / f"{stem}.safetensors", model)
+    write_json_atomic(folder / f"{stem}.json", {"model": name, "model_args": args})
+
+
+def load_model(folder: Path, stem: str) -> nn.Module:
+    """Rebuild a saved model in eval mode."""
+    spec_path = folder / f"{stem}.json"
+    if not spec_path.is_file():
+        raise DataError(spec_path, "model description missing")
+    spec = json.loads(spec_path.read_text())
+    model = create_model(spec["model"], **spec["model_args"])
+    weights_path = folder / f"{stem}.safetensors"
+    load_module_weights(model, load_file(str(weights_path)), weights_path)
+    return model.eval()
+
+
+def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint from outside: safetensors, or a torch file loaded with weights_only=True (never a bare pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad or unsafe file
+        raise DataError(path, f"cannot load checkpoint safely ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    for key in ("state_dict", "model", "trainable"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise DataError(path, "checkpoint is not a mapping of parameter names to tensors")
+    return loaded

@@ -1,0 +1,28 @@
+"""The pipeline's stages in run order: data -> teacher -> baseline -> distill -> evaluate -> export -> parity -> benchmark -> report."""
+
+from __future__ import annotations
+
+from pipeline.stages.benchmark_stage import run_benchmark_stage
+from pipeline.stages.data_stage import run_data_stage
+from pipeline.stages.evaluate_stage import run_evaluate_stage
+from pipeline.stages.export_stage import run_export_stage
+from pipeline.stages.parity_stage import run_parity_stage
+from pipeline.stages.report_stage import run_report_stage
+from pipeline.stages.runner import Stage
+from pipeline.stages.student_stages import run_baseline_stage, run_distill_stage
+from pipeline.stages.teacher_stage import run_teacher_stage, teacher_external_files
+
+STAGES: list[Stage] = [
+    Stage("data", run_data_stage, (), ("seed", "data"), description="prepare training and verification faces"),
+    Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train or load the ViT teacher"),
+    Stage("baseline", run_baseline_stage, ("data",), ("seed", "student", "distill"), description="train the student without distillation"),
+    Stage("distill", run_distill_stage, ("data", "teacher"), ("seed", "student", "distill"), description="distil the teacher into the student"),
+    Stage("evaluate", run_evaluate_stage, ("data", "teacher", "baseline", "distill"), (), description="verification accuracy of teacher and students"),
+    Stage("export", run_export_stage, ("data", "distill"), ("export",), description="export the student to every configured format"),
+    Stage("parity", run_parity_stage, ("data", "evaluate", "export"), ("parity",), description="numeric and accuracy parity of every backend"),
+    Stage("benchmark", run_benchmark_stage, ("data", "distill", "export"), ("benchmark",), description="latency of every runnable backend"),
+    Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "benchmark"), ("run_name",),
+          description="report.md and report.html"),
+]
+
+STAGE_NAMES = [stage.name for stage in STAGES]

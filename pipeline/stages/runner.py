@@ -1,0 +1,198 @@
+"""The stage runner: each stage maps declared inputs to outputs under runs/<run>/<stage>/ with a manifest.
+
+A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the
+pipeline version) matches its manifest and its outputs still hash as recorded; otherwise it reruns. A stage
+writes into a staging folder that replaces the old results only on success, so a failure never costs
+earlier results, and long stages keep resumable work (checkpoints) in runs/<run>/work/<stage>/.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic
+from pipeline.config import RunConfig
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline.stages")
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class StageContext:
+    """What a stage function sees: config, where to write, where its inputs are, and a place for its summary."""
+
+    config: RunConfig
+    run_dir: Path
+    out_dir: Path
+    work_dir: Path
+    extra_inputs: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def input_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[StageContext], None]
+    inputs: tuple[str, ...] = ()
+    config_sections: tuple[str, ...] = ()
+    external_files: Callable[[RunConfig], list[str]] = lambda config: []
+    description: str = ""
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # "ran" | "cached"
+    wall_time_s: float
+    manifest: dict[str, Any]
+
+
+def config_subset(config: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    dumped = config.model_dump(mode="json")
+    return {section: dumped[section] for section in sections}
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable manifest, the stage will rerun", path)
+        return None
+
+
+def hash_outputs(folder: Path) -> dict[str, str]:
+    """Hash of every file a stage wrote (bundles such as .mlpackage folders hash as one entry)."""
+    outputs: dict[str, str] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name == MANIFEST:
+            continue
+        outputs[path.name] = sha256_file(path)
+    return outputs
+
+
+def outputs_intact(stage_dir: Path, manifest: dict[str, Any]) -> bool:
+    for name, digest in manifest.get("outputs", {}).items():
+        path = stage_dir / name
+        if not path.exists() or sha256_file(path) != digest:
+            log.warning("%s: output %s is missing or changed since it was written; rerunning", stage_dir.name, name)
+            return False
+    return True
+
+
+class StageRunner:
+    """Runs stages in order, skipping the fresh ones; `force` and `from_stage` override the cache."""
+
+    def __init__(self, config: RunConfig, stages: list[Stage], runs_root: Path):
+        self.config = config
+        self.stages = stages
+        self.run_dir = runs_root / config.run_name
+        self.names = [stage.name for stage in stages]
+
+    def fingerprint(self, stage: Stage) -> dict[str, Any]:
+        upstream = {}
+        for name in stage.inputs:
+            manifest = read_manifest(self.run_dir / name)
+            if manifest is None:
+                raise PipelineError(f"stage {stage.name!r} needs {name!r}, which has no results in {self.run_dir / name}")
+            upstream[name] = manifest["outputs"]
+        external = {path: sha256_file(path) for path in stage.external_files(self.config)}
+        return {
+            "config": config_subset(self.config, stage.config_sections),
+            "inputs": upstream,
+            "external_files": external,
+            "pipeline_version": __version__,
+        }
+
+    def run(self, from_stage: str | None = None, until: str | None = None, force: bool = False) -> list[StageOutcome]:
+        for name in (from_stage, until):
+            if name is not None and name not in self.names:
+                raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(self.names)}")
+        first_forced = self.names.index(from_stage) if from_stage else None
+        last = self.names.index(until) if until else len(self.names) - 1
+        outcomes = []
+        for index, stage in enumerate(self.stages[: last + 1]):
+            forced = force or (first_forced is not None and index >= first_forced)
+            outcomes.append(self._run_stage(stage, forced))
+        return outcomes
+
+    def _run_stage(self, stage: Stage, forced: bool) -> StageOutcome:
+        stage_dir = self.run_dir / stage.name
+        fingerprint = self.fingerprint(stage)
+        key = sha256_json(fingerprint)
+        manifest = read_manifest(stage_dir)
+        if not forced and manifest is not None and manifest.get("fingerprint") == key and outputs_intact(stage_dir, manifest):
+            log.info("[%s] cached: inputs and config unchanged (%s)", stage.name, stage_dir)
+            return StageOutcome(stage.name, "cached", 0.0, manifest)
+
+        staging = self.run_dir / f".{stage.name}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        work_dir = self.run_dir / "work" / stage.name
+        work_dir.mkdir(parents=True, exist_ok=True)
+        context = StageContext(self.config, self.run_dir, staging, work_dir, fingerprint["inputs"])
+        log.info("[%s] running: %s", stage.name, stage.description or stage.name)
+        for name, outputs in fingerprint["inputs"].items():
+            log.info("[%s] reads %s/: %s", stage.name, name, ", ".join(outputs))
+        started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        started = time.perf_counter()
+        try:
+            stage.run(context)
+        except BaseException:
+            log.error("[%s] failed after %.1f s; earlier stages' results are intact in %s", stage.name, time.perf_counter() - started, self.run_dir)
+            raise
+        wall = time.perf_counter() - started
+        manifest = {
+            "stage": stage.name,
+            "fingerprint": key,
+            **fingerprint,
+            "outputs": hash_outputs(staging),
+            "summary": context.summary,
+            "started_at": started_at,
+            "wall_time_s": round(wall, 3),
+            "versions": library_versions(),
+        }
+        write_json_atomic(staging / MANIFEST, manifest)
+        self._replace(staging, stage_dir)
+        log.info("[%s] wrote %s (%s) in %.1f s", stage.name, stage_dir, ", ".join(manifest["outputs"]), wall)
+        return StageOutcome(stage.name, "ran", wall, manifest)
+
+    @staticmethod
+    def _replace(staging: Path, final: Path) -> None:
+        """Swap the new results in with renames; the old folder is removed only after the swap."""
+        retired = final.with_name(f".{final.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        if final.exists():
+            final.rename(retired)
+        staging.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that change numbers: recorded in every manifest so a figure can be reproduced."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version(), "platform": platform.platform(), "pipeline": __version__}
+    for package in ("torch", "timm", "numpy", "onnx", "onnxruntime", "onnxsim", "ncnn", "pnnx", "coremltools", "opencv-python-headless"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions

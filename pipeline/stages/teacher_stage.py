@@ -1,0 +1,45 @@
+"""Stage `teacher`: train the ViT teacher with a margin head, or load a user's trained teacher."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.distill.checkpoint import load_module_weights
+from pipeline.distill.trainer import train_recognition_model
+from pipeline.data.store import load_training_set
+from pipeline.models.registry import create_model
+from pipeline.models.saved import load_external_weights, save_model, save_weights
+from pipeline.stages.common import run_preprocess_spec, write_json
+from pipeline.stages.runner import StageContext
+
+log = logging.getLogger(__name__)
+
+
+def run_teacher_stage(context: StageContext) -> None:
+    config = context.config
+    teacher_config = config.teacher
+    teacher = create_model(teacher_config.model, **teacher_config.model_args)
+    if teacher_config.checkpoint:
+        path = Path(teacher_config.checkpoint)
+        load_module_weights(teacher, load_external_weights(path), path)
+        log.info("teacher: loaded %s from %s (no training)", teacher_config.model, path)
+        context.summary.update({"source": "checkpoint", "checkpoint": str(path)})
+    else:
+        train_set = load_training_set(context.input_dir("data"))
+        head, result = train_recognition_model(
+            teacher, train_set, run_preprocess_spec(config), teacher_config.margin, teacher_config.optim,
+            config.seed, context.work_dir / "checkpoint", description="teacher",
+        )
+        save_weights(context.out_dir / "teacher_head.safetensors", head)
+        write_json(context.out_dir, "teacher_history.json", result.history)
+        context.summary.update({
+            "source": "trained", "steps": result.global_steps, "resumed_from_step": result.resumed_from_step,
+            "train_wall_time_s": round(result.wall_time_s, 1), "images_per_s": round(result.images_per_s, 1),
+        })
+    save_model(context.out_dir, "teacher", teacher, teacher_config.model, dict(teacher_config.model_args))
+    context.summary["parameters"] = sum(p.numel() for p in teacher.parameters())
+
+
+def teacher_external_files(config) -> list[str]:
+    return [config.teacher.checkpoint] if config.teacher.checkpoint else []
