@@ -1,18 +1,55 @@
-"""Latency of a runner as deployment tools measure it: warm-up, then percentiles over timed runs.
+"""Latency of every runnable backend x precision, as deployment tools measure it: warm-up, then percentiles.
 
-Timed: the model call on an already preprocessed batch (what the backend controls). A benchmark prints
-and records figures; it asserts nothing about speed.
+Timed: the model call on an already preprocessed batch (what the backend controls). Each (backend,
+precision, threads, batch) gets a fresh runner, so its peak memory covers loading the model and running it
+(benchmarks/memory.py says what that figure counts). A benchmark prints and records figures; it asserts
+nothing about speed.
+
+Result file, schema_version 1 (every latency file: this machine's, a phone's via adb, a Jetson's)::
+
+    {
+      "schema_version": 1, "kind": "latency", "created_at": ISO-8601 UTC,
+      "device":   {"kind": "host"|"android"|..., "cpu", "cpu_count", "cpu_features", "abi", "os", ...},
+      "versions": {package: version} of the runtimes that produced the times,
+      "model":    {"name", "parameters", "flops", "macs", "input_shape", "counter", ...} or null,
+      "settings": {"threads", "warmup_runs", "timed_runs", "min_timed_seconds", "throughput_batch", "throughput_runs"},
+      "results":  [{"backend", "precision", "threads", "batch", "runs", "warmup_runs",
+                    "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "images_per_s",
+                    "peak_rss_mb", "rss_before_mb", "model_bytes", "tool", "settings"}],
+      "skipped":  [{"backend", "precision", "reason"}]
+    }
+
+Times are milliseconds per call of one batch. Tools that report only min/max/avg (ncnn's benchncnn) leave
+p50/p90/p99/std null; images_per_s is batch / p50 (or / mean where there is no p50).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
-from deploy.preprocess import preprocess
+from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.base import Runner
+from pipeline.artifacts import write_json_atomic
+from pipeline.config import BenchmarkConfig
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RESULT_KIND = "latency"
+# The export stage's file names (pipeline/stages/export_stage.py, a test keeps them equal), here so that the
+# device images, which have no torch, can read an export folder.
+EXPORTS_FILE, MODEL_MANIFEST = "exports.json", "model_manifest.json"
+MAX_RUNS_FACTOR = 20  # min_timed_seconds never stretches a row past this many times its timed_runs
 
 
 @dataclass
@@ -22,52 +59,232 @@ class LatencyResult:
     threads: int
     batch: int
     runs: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
     mean_ms: float
-    std_ms: float
+    std_ms: float | None
     min_ms: float
+    max_ms: float
     images_per_s: float
+    warmup_runs: int = 0
+    peak_rss_mb: float | None = None
+    rss_before_mb: float | None = None
+    model_bytes: int | None = None
+    tool: str = "python"
+    settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def time_batches(runner: Runner, batch: np.ndarray, warmup_runs: int, timed_runs: int) -> np.ndarray:
-    """Milliseconds per call of `runner.infer(batch)` after `warmup_runs` untimed calls."""
+@dataclass
+class BenchmarkTarget:
+    """One backend x precision to time: a factory of fresh runners by thread count, and its model's size."""
+
+    backend: str
+    precision: str
+    make_runner: Callable[[int], Runner]
+    model_bytes: int | None = None
+
+
+def time_batches(runner: Runner, batch: np.ndarray, warmup_runs: int, timed_runs: int, min_seconds: float = 0.0) -> np.ndarray:
+    """Milliseconds per call of `runner.infer(batch)` after `warmup_runs` untimed calls.
+
+    At least `timed_runs` calls, and more until `min_seconds` have passed (at most MAX_RUNS_FACTOR x
+    timed_runs), so fast models get enough calls for a stable p99.
+    """
     for _ in range(warmup_runs):
         runner.infer(batch)
-    timings = np.empty(timed_runs)
-    for i in range(timed_runs):
-        started = time.perf_counter()
+    max_runs = max(timed_runs, timed_runs * MAX_RUNS_FACTOR if min_seconds > 0 else timed_runs)
+    timings: list[float] = []
+    started = time.perf_counter()
+    while len(timings) < timed_runs or (time.perf_counter() - started < min_seconds and len(timings) < max_runs):
+        call_started = time.perf_counter()
         runner.infer(batch)
-        timings[i] = (time.perf_counter() - started) * 1000
-    return timings
+        timings.append((time.perf_counter() - call_started) * 1000)
+    return np.asarray(timings)
 
 
-def measure_latency(runner: Runner, images_rgb: np.ndarray, batch: int, warmup_runs: int, timed_runs: int, backend: str | None = None) -> LatencyResult:
-    """Percentiles of one runner at one batch size, on real faces (first `batch` of `images_rgb`).
+def summarise_timings(timings_ms: np.ndarray, backend: str, precision: str, threads: int, batch: int, warmup_runs: int) -> LatencyResult:
+    p50, p90, p99 = np.percentile(timings_ms, [50, 90, 99])
+    return LatencyResult(
+        backend, precision, threads, batch, len(timings_ms),
+        round(float(p50), 4), round(float(p90), 4), round(float(p99), 4),
+        round(float(timings_ms.mean()), 4), round(float(timings_ms.std()), 4),
+        round(float(timings_ms.min()), 4), round(float(timings_ms.max()), 4),
+        round(batch * 1000 / float(p50), 2), warmup_runs,
+    )
+
+
+def measure_latency(runner: Runner, images_rgb: np.ndarray, batch: int, warmup_runs: int, timed_runs: int,
+                    backend: str | None = None, min_seconds: float = 0.0) -> LatencyResult:
+    """Percentiles of one runner at one batch size, on real faces (first `batch` of `images_rgb`, repeated if short).
 
     `backend` names the row (the export format, e.g. "onnx"); by default the runner's own backend name.
     """
     inputs = preprocess(np.asarray(images_rgb[:batch]), runner.spec)
     if len(inputs) < batch:
         inputs = np.concatenate([inputs] * (batch // len(inputs) + 1))[:batch]
-    timings = time_batches(runner, inputs, warmup_runs, timed_runs)
-    p50, p90, p99 = np.percentile(timings, [50, 90, 99])
-    return LatencyResult(
-        backend or runner.backend, runner.precision, runner.threads, batch, timed_runs,
-        round(float(p50), 4), round(float(p90), 4), round(float(p99), 4),
-        round(float(timings.mean()), 4), round(float(timings.std()), 4), round(float(timings.min()), 4),
-        round(batch * 1000 / float(p50), 2),
-    )
+    timings = time_batches(runner, inputs, warmup_runs, timed_runs, min_seconds)
+    return summarise_timings(timings, backend or runner.backend, runner.precision, runner.threads, batch, warmup_runs)
+
+
+def usable_thread_counts(requested: list[int], cores: int) -> tuple[list[int], list[int]]:
+    """(thread counts this machine can run, those it cannot): more threads than cores measures contention."""
+    usable = sorted({t for t in requested if t <= cores})
+    return usable or [1], sorted({t for t in requested if t > cores})
+
+
+def benchmark_target(target: BenchmarkTarget, images_rgb: np.ndarray, thread_counts: list[int], settings: BenchmarkConfig) -> list[LatencyResult]:
+    """Batch 1 (the latency a user feels) and the throughput batch, at each thread count, each on a fresh runner."""
+    from benchmarks.memory import peak_memory
+
+    plans = ((1, settings.warmup_runs, settings.timed_runs, settings.min_timed_seconds),
+             (settings.throughput_batch, 1, settings.throughput_runs, 0.0))
+    results = []
+    for threads in thread_counts:
+        for batch, warmup_runs, timed_runs, min_seconds in plans:
+            with peak_memory() as memory:
+                runner = target.make_runner(threads)
+                try:
+                    result = measure_latency(runner, images_rgb, batch, warmup_runs, timed_runs, target.backend, min_seconds)
+                finally:
+                    runner.close()
+            result.precision = target.precision
+            result.peak_rss_mb, result.rss_before_mb = memory.peak_rss_mb, memory.rss_before_mb
+            result.model_bytes = target.model_bytes
+            results.append(result)
+            log.info("latency %s/%s threads=%d batch=%d: p50 %.2f ms, p90 %.2f ms over %d runs (%.0f images/s, peak RSS +%s MB)",
+                     target.backend, target.precision, threads, batch, result.p50_ms, result.p90_ms, result.runs,
+                     result.images_per_s, memory.rise_mb)
+    return results
+
+
+def targets_from_exports(export_dir: Path, export_records: list[dict], spec: PreprocessSpec) -> tuple[list[BenchmarkTarget], list[dict]]:
+    """A target per exported format x precision that can run here; the others as {backend, precision, reason}."""
+    from deploy.formats import get_format
+
+    targets, skipped = [], []
+    for record in export_records:
+        export_format = get_format(record["format"])
+        runnable, why_not = export_format.runnable_here()
+        if record["status"] != "exported":
+            skipped.append({"backend": record["format"], "precision": record["precision"],
+                            "reason": f"export {record['status']}: {record.get('error', 'no files')}"})
+        elif not runnable:
+            skipped.append({"backend": record["format"], "precision": record["precision"], "reason": why_not})
+        else:
+            targets.append(BenchmarkTarget(record["format"], record["precision"],
+                                           lambda threads, f=export_format, r=record: f.make_runner(export_dir, r, spec, threads),
+                                           record.get("bytes")))
+    return targets, skipped
+
+
+def latency_document(results: list[LatencyResult | dict], skipped: list[dict], device: dict, versions: dict,
+                     model: dict | None, settings: dict) -> dict:
+    """The result file's content (schema in the module docstring)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": RESULT_KIND,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": device,
+        "versions": versions,
+        "model": model,
+        "settings": settings,
+        "results": [r.to_dict() if isinstance(r, LatencyResult) else r for r in results],
+        "skipped": skipped,
+    }
+
+
+_REQUIRED_RESULT_FIELDS = ("backend", "precision", "threads", "batch", "mean_ms", "min_ms", "images_per_s")
+
+
+def load_latency_document(path: str | Path) -> dict:
+    """Read and check a result file; a wrong file fails with one line naming it and the problem."""
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(path, f"cannot read latency results ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise DataError(path, f"not JSON ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("kind") != RESULT_KIND:
+        raise DataError(path, f"not a latency result file (expected \"kind\": \"{RESULT_KIND}\")")
+    if payload.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(path, f"latency schema_version {payload.get('schema_version')!r}; this code reads {SCHEMA_VERSION}")
+    for number, row in enumerate(payload.get("results", [])):
+        missing = [name for name in _REQUIRED_RESULT_FIELDS if name not in row]
+        if missing:
+            raise DataError(path, f"results[{number}] lacks {', '.join(missing)}")
+    return payload
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def format_latency_table(results: list[LatencyResult | dict]) -> str:
     """Markdown table of latency results, one row per backend x precision x threads x batch."""
     rows = [r.to_dict() if isinstance(r, LatencyResult) else r for r in results]
-    lines = ["| backend | precision | threads | batch | p50 ms | p90 ms | p99 ms | images/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backend | precision | threads | batch | p50 ms | p90 ms | p99 ms | mean ms | images/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['precision']} | {r['threads']} | {r['batch']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | {r['p99_ms']:.2f} | {r['images_per_s']:.1f} |")
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['threads']} | {r['batch']} | {_ms(r['p50_ms'])} | "
+                     f"{_ms(r['p90_ms'])} | {_ms(r['p99_ms'])} | {_ms(r['mean_ms'])} | {r['images_per_s']:.1f} |")
     return "\n".join(lines)
+
+
+def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: PreprocessSpec, settings: BenchmarkConfig,
+                       images_rgb: np.ndarray, extra_targets: tuple[BenchmarkTarget, ...] = (), model: dict | None = None) -> dict:
+    """Every runnable export (plus `extra_targets`, e.g. PyTorch) and benchncnn where present: the result document."""
+    from benchmarks.benchncnn import benchncnn_here
+    from benchmarks.host import describe_host, runtime_versions
+
+    device = describe_host()
+    thread_counts, too_many = usable_thread_counts(settings.threads, device["cpu_count"])
+    if too_many:
+        log.info("latency: %s threads left out: this machine lets the process use %d cores", too_many, device["cpu_count"])
+    targets, skipped = targets_from_exports(export_dir, export_records, spec)
+    results = [result for target in [*extra_targets, *targets] for result in benchmark_target(target, images_rgb, thread_counts, settings)]
+    native_results, native_skipped = benchncnn_here(export_dir, export_records, (spec.width, spec.height, 3), thread_counts,
+                                                    settings.benchncnn_loops, settings.benchncnn)
+    return latency_document([*results, *native_results], [*skipped, *native_skipped], device, runtime_versions(), model,
+                            {**settings.model_dump(mode="json"), "threads": thread_counts, "threads_left_out": too_many})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.latency EXPORT_DIR --out FILE`: time the exports in a folder (device images use this)."""
+    defaults = BenchmarkConfig()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
+    parser.add_argument("export_dir", type=Path, help="a run's export/ folder (exports.json, model_manifest.json, model files)")
+    parser.add_argument("--out", type=Path, required=True, help="result JSON to write")
+    parser.add_argument("--threads", type=int, nargs="+", default=defaults.threads)
+    parser.add_argument("--warmup-runs", type=int, default=defaults.warmup_runs)
+    parser.add_argument("--timed-runs", type=int, default=defaults.timed_runs)
+    parser.add_argument("--min-timed-seconds", type=float, default=defaults.min_timed_seconds)
+    parser.add_argument("--throughput-batch", type=int, default=defaults.throughput_batch)
+    parser.add_argument("--throughput-runs", type=int, default=defaults.throughput_runs)
+    parser.add_argument("--benchncnn", default=defaults.benchncnn, help="ncnn's benchncnn (else $BENCHNCNN, then PATH)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    settings = BenchmarkConfig(threads=args.threads, warmup_runs=args.warmup_runs, timed_runs=args.timed_runs,
+                               min_timed_seconds=args.min_timed_seconds, throughput_batch=args.throughput_batch,
+                               throughput_runs=args.throughput_runs, benchncnn=args.benchncnn)
+    spec = PreprocessSpec.load(args.export_dir / MODEL_MANIFEST)
+    # No faces on a device image: seeded random pixels stand in (these backends' time does not depend on them).
+    images = np.random.default_rng(0).integers(0, 256, (settings.throughput_batch, spec.height, spec.width, 3), dtype=np.uint8)
+    model = {"name": json.loads((args.export_dir / MODEL_MANIFEST).read_text()).get("model"),
+             "input_shape": [1, 3, spec.height, spec.width]}
+    document = run_latency_matrix(args.export_dir, json.loads((args.export_dir / EXPORTS_FILE).read_text()), spec,
+                                  settings, images, model=model)
+    write_json_atomic(args.out, document)
+    print(format_latency_table(document["results"]))
+    for entry in document["skipped"]:
+        print(f"skipped {entry['backend']}/{entry['precision']}: {entry['reason']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Report figures (matplotlib, Agg): latency bars with p90 whiskers."""
+"""Report figures (matplotlib, Agg): latency bars with p50/p90, and latency against verification accuracy."""
 
 from __future__ import annotations
 
@@ -12,15 +12,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.artifacts import atomic_path  # noqa: E402
 
 
+def _label(row: dict) -> str:
+    return f"{row['backend']}/{row['precision']}"
+
+
+def _save(figure, path: Path) -> Path:
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=120, format="png")
+    plt.close(figure)
+    return path
+
+
 def plot_latency_bars(rows: list[dict], path: Path, title: str) -> Path:
-    """Batch-1 p50 latency per backend/precision, one bar per thread count, whiskers up to p90."""
-    rows = [r for r in rows if r["batch"] == 1]
-    labels = sorted({f"{r['backend']}/{r['precision']}" for r in rows}, key=lambda s: (s != "pytorch/fp32", s))
+    """Batch-1 p50 latency per backend/precision, one bar per thread count, whiskers up to p90.
+
+    Rows without percentiles (benchncnn reports min/max/avg only) are left out; the report's table has them.
+    """
+    rows = [r for r in rows if r["batch"] == 1 and r.get("p50_ms") is not None]
+    labels = sorted({_label(r) for r in rows}, key=lambda s: (s != "pytorch/fp32", s))
     thread_counts = sorted({r["threads"] for r in rows})
     width = 0.8 / max(1, len(thread_counts))
     figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(labels)), 4))
     for i, threads in enumerate(thread_counts):
-        by_label = {f"{r['backend']}/{r['precision']}": r for r in rows if r["threads"] == threads}
+        by_label = {_label(r): r for r in rows if r["threads"] == threads}
         xs = [j + i * width for j, label in enumerate(labels) if label in by_label]
         p50 = [by_label[label]["p50_ms"] for label in labels if label in by_label]
         p90 = [by_label[label]["p90_ms"] for label in labels if label in by_label]
@@ -34,7 +48,24 @@ def plot_latency_bars(rows: list[dict], path: Path, title: str) -> Path:
     axes.legend()
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
-    with atomic_path(path) as temp:
-        figure.savefig(temp, dpi=120, format="png")
-    plt.close(figure)
-    return path
+    return _save(figure, path)
+
+
+def plot_latency_vs_accuracy(points: list[dict], path: Path, title: str, accuracy_label: str) -> Path:
+    """One point per backend/precision: batch-1 p50 latency (x) against verification accuracy (y), labelled."""
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for number, point in enumerate(points):
+        axes.scatter(point["latency_ms"], point["accuracy_pct"], s=60, color=f"C{number % 10}", zorder=3)
+        axes.annotate(point["label"], (point["latency_ms"], point["accuracy_pct"]), fontsize=8,
+                      xytext=(5, 4 if number % 2 else -10), textcoords="offset points")
+    axes.set_xlabel("p50 latency, batch 1, 1 thread (ms)")
+    axes.set_ylabel(accuracy_label)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if points:
+        accuracies = [p["accuracy_pct"] for p in points]
+        spread = max(accuracies) - min(accuracies)
+        axes.set_ylim(min(accuracies) - max(spread, 0.5) * 0.6, max(accuracies) + max(spread, 0.5) * 0.6)
+        axes.set_xlim(0, max(p["latency_ms"] for p in points) * 1.25)
+    figure.tight_layout()
+    return _save(figure, path)

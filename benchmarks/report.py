@@ -1,24 +1,39 @@
-"""The run report a person reads: summary, accuracy, ROC, parity, latency, stage timings, config and versions."""
+"""The run report a person reads: summary, accuracy, ROC, parity, latency (per machine and per device), what
+distillation costs, stage timings, config and versions. One Document renders both report.md and report.html.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from benchmarks.plots import plot_latency_bars
+from benchmarks.latency import load_latency_document
+from benchmarks.plots import plot_latency_bars, plot_latency_vs_accuracy
 from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
 
+log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher (ViT)", "student_nokd": "student, no distillation", "student": "student, distilled"}
+DEVICES_DIR = "devices"  # runs/<run>/devices/*.json: latency files from phones and boards (benchmarks/android.py)
+ABLATION_DIR = "ablation"  # runs/<run>/ablation/: written by benchmarks/ablation.py
 
 
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def _mb(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f}"
 
 
 def _result(payload: dict) -> VerificationResult:
@@ -29,29 +44,157 @@ def _result(payload: dict) -> VerificationResult:
     return VerificationResult(**values)
 
 
+def single_thread_p50(latency: dict) -> dict[tuple[str, str], float]:
+    """(backend, precision) -> batch-1 p50 at the fewest threads measured (1 wherever the matrix ran it)."""
+    rows = [r for r in latency.get("results", []) if r["batch"] == 1 and r.get("p50_ms") is not None]
+    fewest = min((r["threads"] for r in rows), default=1)
+    return {(r["backend"], r["precision"]): r["p50_ms"] for r in rows if r["threads"] == fewest}
+
+
 def summary_rows(metrics: dict, parity: dict, latency: dict) -> list[list[str]]:
     """One row per model and per backend: accuracy on the first verification set, parity, batch-1 p50 at 1 thread."""
     set_name = parity.get("verification_set") or next(iter(metrics))
     per_model = metrics[set_name]
-    p50 = {(r["backend"], r["precision"]): r["p50_ms"] for r in latency.get("results", []) if r["batch"] == 1 and r["threads"] == 1}
+    p50 = single_thread_p50(latency)
     rows = [[MODEL_LABELS[label], _pct(per_model[label]["accuracy"]), "—", "—"] for label in MODEL_LABELS if label in per_model]
     if "student" in per_model:
         rows[-1][0] += " [pytorch/fp32]"
         rows[-1][2] = "reference"
-        rows[-1][3] = f"{p50[('pytorch', 'fp32')]:.2f}" if ("pytorch", "fp32") in p50 else "—"
+        rows[-1][3] = _ms(p50.get(("pytorch", "fp32")))
     for r in parity.get("results", []):
-        latency_ms = p50.get((r["backend"], r["precision"]))
         rows.append([f"student [{r['backend']}/{r['precision']}]", _pct(r.get("accuracy_backend")),
                      r["status"] + (f": {r['reason']}" if r["status"] != "pass" and r["reason"] else ""),
-                     f"{latency_ms:.2f}" if latency_ms is not None else "—"])
+                     _ms(p50.get((r["backend"], r["precision"])))])
     return rows
+
+
+def latency_accuracy_points(metrics: dict, parity: dict, latency: dict) -> tuple[list[dict], list[str]]:
+    """Scatter points (PyTorch reference and each backend with both a latency and an accuracy), and what was left out."""
+    set_name = parity.get("verification_set") or next(iter(metrics))
+    p50 = single_thread_p50(latency)
+    points, left_out = [], []
+    student = metrics[set_name].get("student")
+    if student is not None and ("pytorch", "fp32") in p50:
+        points.append({"label": "pytorch/fp32", "latency_ms": p50[("pytorch", "fp32")], "accuracy_pct": 100 * student["accuracy"]})
+    for r in parity.get("results", []):
+        key, label = (r["backend"], r["precision"]), f"{r['backend']}/{r['precision']}"
+        if r.get("accuracy_backend") is None or key not in p50:
+            left_out.append(f"{label} ({'no accuracy: ' + r['status'] if r.get('accuracy_backend') is None else 'not timed here'})")
+        else:
+            points.append({"label": label, "latency_ms": p50[key], "accuracy_pct": 100 * r["accuracy_backend"]})
+    return points, left_out
+
+
+def latency_table(doc: Document, rows: list[dict]) -> None:
+    doc.table(["backend", "precision", "threads", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "min / max ms",
+               "images/s", "peak RSS rise MB", "model MB", "tool"],
+              [[r["backend"], r["precision"], str(r["threads"]), str(r["batch"]), str(r["runs"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]),
+                _ms(r["p99_ms"]), f"{r['mean_ms']:.2f}" + ("" if r.get("std_ms") is None else f" ± {r['std_ms']:.2f}"),
+                f"{r['min_ms']:.2f} / {r['max_ms']:.2f}", f"{r['images_per_s']:.1f}",
+                "—" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb'] - r['rss_before_mb']:.1f}",
+                _mb(r.get("model_bytes")), r.get("tool", "python")] for r in rows])
+
+
+def device_rows(latency: dict) -> list[list[str]]:
+    device = latency.get("device", {})
+    rows = [[key, ", ".join(value) if isinstance(value, list) else str(value)] for key, value in device.items() if value not in (None, "", [])]
+    return rows + [[f"version: {name}", str(version)] for name, version in sorted(latency.get("versions", {}).items())]
+
+
+def _latency_section(doc: Document, run_dir: Path, out_dir: Path, metrics: dict, parity: dict, latency: dict) -> None:
+    doc.heading("Latency")
+    device = latency.get("device", {})
+    doc.paragraph(f"Model call on a preprocessed batch, after warm-up, each row on a freshly loaded model; {device.get('cpu_count', '?')} "
+                  f"usable CPU cores ({device.get('cpu', '?')}). Peak RSS rise: how far the process's resident memory rose above "
+                  "where it stood while the model loaded and ran (native runtimes included). Absolute times move from machine "
+                  "to machine: compare rows within one report.")
+    model = latency.get("model") or {}
+    if model.get("flops") is not None:
+        doc.table(["student", "parameters", "GFLOPs", "GMACs", "input", "counted by"],
+                  [[str(model.get("name")), f"{model['parameters']:,}", f"{model['flops'] / 1e9:.3f}", f"{model['macs'] / 1e9:.3f}",
+                    "x".join(str(v) for v in model["input_shape"]), model.get("counter", "")]])
+    doc.table(["machine", "value"], device_rows(latency))
+    rows = latency["results"]
+    latency_table(doc, rows)
+    if latency.get("skipped"):
+        doc.paragraph("Not timed here:")
+        doc.table(["backend", "precision", "reason"], [[s["backend"], s["precision"], f"skipped: {s['reason']}"] for s in latency["skipped"]])
+    doc.image(plot_latency_bars(rows, out_dir / "latency.png", "Student latency per backend"), "Batch-1 latency per backend: bar p50, whisker p90")
+    set_name = parity.get("verification_set") or next(iter(metrics))
+    points, left_out = latency_accuracy_points(metrics, parity, latency)
+    if points:
+        doc.image(plot_latency_vs_accuracy(points, out_dir / "latency_vs_accuracy.png", "Latency against accuracy",
+                                           f"verification accuracy on {set_name} (%)"),
+                  "Each backend/precision: batch-1 p50 at 1 thread against its own verification accuracy"
+                  + (f"; not plotted: {', '.join(left_out)}" if left_out else ""))
+    _devices_section(doc, run_dir / DEVICES_DIR)
+
+
+def _devices_section(doc: Document, devices_dir: Path) -> None:
+    """Latency files from other devices (phones over adb, boards), so their rows sit beside this machine's."""
+    files = sorted(devices_dir.glob("*.json")) if devices_dir.is_dir() else []
+    if not files:
+        return
+    doc.heading("Latency on other devices")
+    for path in files:
+        other = load_latency_document(path)
+        device = other.get("device", {})
+        doc.paragraph(f"`{path.name}`: {device.get('name') or device.get('cpu')} ({device.get('cpu', '?')}, {device.get('abi', '?')}, "
+                      f"{device.get('kind', '?')}), measured {other.get('created_at', '?')}; settings {json.dumps(other.get('settings', {}))}. "
+                      f"Compare with `python -m benchmarks.compare <this run's latency.json> {path}`.")
+        latency_table(doc, other["results"])
+
+
+def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
+    """What distillation and each export cost: the teacher's share of a training step, stage wall times, export times."""
+    doc.heading("What distillation and export cost")
+    speed_path = run_dir / "benchmark" / "distill_speed.json"
+    if speed_path.is_file():
+        speed = json.loads(speed_path.read_text())
+        doc.paragraph(f"Training images/s on {speed['threads']} threads at batch {speed['batch_size']}, median of {speed['steps_timed']} "
+                      f"steps of the one trainer (benchmarks/distill_speed.py); distillation terms: {', '.join(speed['losses'])}. "
+                      f"An online distillation step takes {speed['online_step_time_vs_student_alone']}x the student-alone step's time.")
+        doc.table(["training step", "images/s"], [
+            ["student alone (margin loss; the baseline stage)", f"{speed['student_alone_images_per_s']:.1f}"],
+            ["distill, cached teacher embeddings (the distill stage)", f"{speed['distill_cached_teacher_images_per_s']:.1f}"],
+            ["distill, teacher forward inside the step (online)", f"{speed['distill_online_teacher_images_per_s']:.1f}"],
+            ["teacher forward alone (inference; the cache's cost per image)", f"{speed['teacher_forward_images_per_s']:.1f}"],
+        ])
+    stage_rows = [[name, f"{m.get('wall_time_s', 0):.1f}"] for name, m in manifests.items() if name in {"teacher", "baseline", "distill"}]
+    if stage_rows:
+        doc.paragraph("Stage wall times of this run (a cached stage keeps the time of the run that computed it):")
+        doc.table(["stage", "wall time (s)"], stage_rows)
+    exports_path = run_dir / "export" / "exports.json"
+    if exports_path.is_file():
+        doc.table(["export", "status", "time (s)", "size MB"],
+                  [[f"{r['format']}/{r['precision']}", r["status"], f"{r.get('export_time_s', 0):.1f}", _mb(r.get("bytes"))]
+                   for r in json.loads(exports_path.read_text())])
+
+
+def _ablation_section(doc: Document, run_dir: Path) -> None:
+    """ABLATION SPOT: when runs/<run>/ablation/ exists, the table benchmarks/ablation.py builds from it goes here.
+
+    Contract: `benchmarks.ablation.ablation_table(ablation_dir) -> (header, rows) | None` (strings).
+    """
+    ablation_dir = run_dir / ABLATION_DIR
+    if not ablation_dir.is_dir():
+        return
+    try:
+        from benchmarks.ablation import ablation_table
+    except ImportError as exc:
+        log.warning("report: %s exists but benchmarks.ablation.ablation_table is unavailable (%s)", ablation_dir, exc)
+        return
+    table = ablation_table(ablation_dir)
+    if table:
+        doc.heading("Ablation")
+        doc.table(*table)
 
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
     """Collect every stage's results from `run_dir` and write report.md, report.html and PNGs into `out_dir`."""
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     parity = json.loads((run_dir / "parity" / "parity.json").read_text())
-    latency = json.loads((run_dir / "benchmark" / "latency.json").read_text())
+    latency = load_latency_document(run_dir / "benchmark" / "latency.json")
     manifests = {path.parent.name: json.loads(path.read_text()) for path in sorted(run_dir.glob("*/manifest.json"))}
 
     doc = Document(f"Distill-and-export report: {run_dir.name}")
@@ -89,14 +232,9 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
                 f"cos ≥ {r['gate']['min_cosine']}, |Δ| ≤ {r['gate']['max_accuracy_delta_points']}" if r.get("gate") else "—",
                 r.get("reason", "")] for r in parity["results"]])
 
-    doc.heading("Latency")
-    doc.paragraph(f"Model call on a preprocessed batch, after warm-up; {latency.get('cpu_count')} CPU cores seen. "
-                  "Absolute times move from machine to machine: compare rows within one report.")
-    rows = latency["results"]
-    doc.table(["backend", "precision", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s"],
-              [[r["backend"], r["precision"], str(r["threads"]), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                f"{r['p99_ms']:.2f}", f"{r['mean_ms']:.2f} ± {r['std_ms']:.2f}", f"{r['images_per_s']:.1f}"] for r in rows])
-    doc.image(plot_latency_bars(rows, out_dir / "latency.png", "Student latency per backend"), "Batch-1 latency per backend")
+    _latency_section(doc, run_dir, out_dir, metrics, parity, latency)
+    _cost_section(doc, run_dir, manifests)
+    _ablation_section(doc, run_dir)
 
     doc.heading("Stages")
     doc.table(["stage", "wall time (s)", "started", "summary"],
@@ -114,4 +252,4 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
 
 
 def config_as_yaml(config_dump: dict) -> str:
-    return yaml.safe_dump(config_dump, sort_keys=False)
+    return yaml.safe_load and yaml.safe_dump(config_dump, sort_keys=False)

@@ -6,6 +6,7 @@ A crash or a full disk mid-write must leave the previous artifact intact, never 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -14,30 +15,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import DataError
+
+
+class ArtifactWriteError(DataError):
+    """An artifact could not be written (disk full, quota, read-only folder): names the file; the old one is intact."""
+
 
 @contextlib.contextmanager
 def atomic_path(final_path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final_path`; on success fsync it and rename it into place.
 
     The temp name keeps the final suffix so tools that look at the extension (onnx, pnnx, coremltools) work.
-    On any exception the temporary file is removed and `final_path` is untouched.
+    On any exception the temporary file is removed and `final_path` is untouched; an OSError while writing
+    (ENOSPC, EDQUOT, EFBIG, EROFS...) becomes an `ArtifactWriteError` naming `final_path`.
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(
-        prefix=f".{final_path.stem}.", suffix=f".tmp{final_path.suffix}", dir=final_path.parent
-    )
-    os.close(handle)
-    temp_path = Path(temp_name)
+    temp_path: Path | None = None
     try:
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(
+            prefix=f".{final_path.stem}.", suffix=f".tmp{final_path.suffix}", dir=final_path.parent
+        )
+        os.close(handle)
+        temp_path = Path(temp_name)
         yield temp_path
         if temp_path.is_file():
             with open(temp_path, "rb+") as written:
                 os.fsync(written.fileno())
         os.replace(temp_path, final_path)
         _fsync_dir(final_path.parent)
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0, "")
+        other_file = f": {exc.filename}" if exc.filename and str(exc.filename) != str(temp_path) else ""
+        reason = f"{exc.strerror or exc}{f' [{code}]' if code else ''}{other_file}"
+        raise ArtifactWriteError(final_path, f"could not write it ({reason}); the previous version, if any, is intact") from exc
     finally:
-        if temp_path.is_file():
+        if temp_path is not None and temp_path.is_file():
             temp_path.unlink()
 
 
@@ -62,6 +76,14 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_safetensors_atomic(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
+    """Serialise in memory, then write through `write_bytes_atomic`: a full disk surfaces as an OSError (and so an
+    `ArtifactWriteError` naming the file), not as the safetensors library's own error type."""
+    from safetensors.torch import save
+
+    return write_bytes_atomic(path, save(tensors, metadata=metadata))
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:

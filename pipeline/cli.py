@@ -85,14 +85,27 @@ def run_command(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as the single line the CLI prints (a library's multi-line text is joined, not cut)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or exc.__class__.__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok, 1 a parity gate failed, 2 bad input or a broken artifact, 128+N stopped by signal N."""
+    from pipeline.interrupts import StopRequest, handle_stop_signals
+
     args = build_parser().parse_args(argv)
     configure_logging()
+    stop = StopRequest()
     try:
-        return run_command(args)
+        with handle_stop_signals() as stop:
+            return run_command(args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if stop.signal is not None:  # training checkpointed and stopped, or the runner stopped between stages
+            print(f"interrupted by {stop.signal_name}: {one_line(exc)}; rerun the same command to resume", file=sys.stderr)
+            return 128 + stop.signal
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept; rerun to resume", file=sys.stderr)
-        return 130
+        return 128 + (stop.signal or 2)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
 
@@ -27,6 +27,7 @@ class SyntheticDataConfig(Section):
     images_per_verification_identity: int = Field(6, ge=2)
     num_pairs: int = Field(600, ge=2)
     occlusion_probability: float = Field(0.15, ge=0.0, le=1.0)
+    nuisance_strength: float = Field(1.0, ge=0.0, description="scales pose/lighting/blur/noise/JPEG; 0 = clean frontal faces")
 
 
 class VerificationSetConfig(Section):
@@ -88,11 +89,61 @@ class LossConfig(Section):
     args: dict[str, Any] = {}
 
 
+class APTConfig(Section):
+    """Adaptable Prompting Teacher: prompt tokens in the frozen ViT teacher, trained with the student.
+
+    `blocks` are the teacher blocks whose input receives fresh prompts (None = every block, VPT-deep; [0] = input
+    only, VPT-shallow). `teacher_margin_weight` weighs the prompted teacher's own margin loss (lambda_apt).
+    """
+
+    num_prompts: int = Field(4, ge=1, le=256)
+    blocks: list[int] | None = None
+    teacher_margin_weight: float = Field(1.0, ge=0)
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks_valid(cls, blocks: list[int] | None) -> list[int] | None:
+        if blocks is not None and (not blocks or len(set(blocks)) != len(blocks) or min(blocks) < 0):
+            raise ValueError(f"blocks must be distinct non-negative block indices (or null for every block), got {blocks}")
+        return None if blocks is None else sorted(blocks)
+
+
+def _unique_loss_names(losses: list[LossConfig]) -> list[LossConfig]:
+    names = [loss.name for loss in losses]
+    if len(set(names)) != len(names):
+        raise ValueError(f"each loss may appear once, got {names}")
+    return losses
+
+
+class DistillVariant(Section):
+    """One distillation objective: its loss terms and, optionally, the prompted teacher."""
+
+    losses: list[LossConfig] = []
+    apt: APTConfig | None = None
+
+    _losses_unique = field_validator("losses")(_unique_loss_names)
+
+
+class AblationConfig(Section):
+    """`benchmarks/ablation.py`: every variant trained with each seed on the same data, teacher and budget."""
+
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    variants: dict[str, DistillVariant] = {}
+
+
 class DistillConfig(Section):
     losses: list[LossConfig] = [LossConfig(name="embedding_kd", weight=1.0)]
+    apt: APTConfig | None = None
     margin: MarginConfig = MarginConfig()
     optim: OptimConfig = OptimConfig()
     train_baseline: bool = True
+    ablation: AblationConfig = AblationConfig()
+
+    _losses_unique = field_validator("losses")(_unique_loss_names)
+
+    def objective(self) -> DistillVariant:
+        """The objective the `distill` stage trains: this section's losses and APT setting."""
+        return DistillVariant(losses=self.losses, apt=self.apt)
 
 
 class GateConfig(Section):
@@ -115,11 +166,17 @@ class ExportConfig(Section):
 
 
 class BenchmarkConfig(Section):
-    threads: list[int] = [1, 2]
+    """Latency matrix (benchmarks/latency.py) and the distillation-speed benchmark (benchmarks/distill_speed.py)."""
+
+    threads: list[int] = Field([1, 2, 4], min_length=1, description="counts above the usable cores are left out")
     warmup_runs: int = Field(10, ge=0)
-    timed_runs: int = Field(100, ge=5)
+    timed_runs: int = Field(100, ge=5, description="batch-1 runs at least; more until min_timed_seconds pass")
+    min_timed_seconds: float = Field(1.0, ge=0, description="so fast models get enough runs for a stable p99")
     throughput_batch: int = Field(32, ge=1)
     throughput_runs: int = Field(5, ge=1)
+    benchncnn: str | None = Field(None, description="ncnn's benchncnn for the desktop C++ row (else $BENCHNCNN, then PATH)")
+    benchncnn_loops: int = Field(50, ge=1)
+    distill_speed_steps: int = Field(6, ge=0, description="training steps timed per variant; 0 skips the benchmark")
 
 
 class RunConfig(Section):

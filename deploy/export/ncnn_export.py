@@ -19,10 +19,13 @@ import pnnx
 import torch
 
 from deploy.preprocess import PreprocessSpec
-from deploy.runners.ncnn_runner import NCNN_PRECISIONS, io_blob_names, read_param_layers
+from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
 from pipeline.artifacts import atomic_path
 
 logger = logging.getLogger(__name__)
+
+# What pnnx itself writes; int8 is made from the fp32 export by deploy/export/ncnn_int8.py.
+PNNX_PRECISIONS = ("fp32", "fp16")
 
 # pnnx reports ops it could not map with lines like these; they are worth a warning, not silence.
 _PNNX_PROBLEM = re.compile(r"ignore|unsupported|not supported|fallback|error|fail", re.IGNORECASE)
@@ -44,8 +47,8 @@ def export_ncnn(
 
     Returns the written paths, the blob names read back from the .param, sizes and timings.
     """
-    if precision not in NCNN_PRECISIONS:
-        raise ValueError(f"ncnn precision must be one of {NCNN_PRECISIONS}, got {precision!r}")
+    if precision not in PNNX_PRECISIONS:
+        raise ValueError(f"pnnx writes ncnn precisions {PNNX_PRECISIONS}, got {precision!r} (int8: deploy/export/ncnn_int8.py)")
     if spec.layout != "NCHW":
         raise ValueError(f"ncnn export needs an NCHW spec, got {spec.layout}")
     out_dir = Path(out_dir)

@@ -1,7 +1,9 @@
 """ncnn runner, plus a reader of ncnn's .param text format for naming blobs and localising layer mismatches.
 
 ncnn's defaults turn on fp16 storage and arithmetic wherever the CPU has them, so an "fp32" run would silently
-be fp16 on ARM: the runner sets every precision option itself, from the precision it is asked for.
+be fp16 on ARM: the runner sets every precision option itself, from the precision it is asked for. "int8" runs
+a model whose layers carry int8 scales (deploy/export/ncnn_int8.py) with int8 inference on and fp16 off, so
+its error is the quantisation's alone.
 """
 
 from __future__ import annotations
@@ -13,22 +15,35 @@ from typing import NamedTuple
 import ncnn
 import numpy as np
 
+from deploy.model_check import check_probe_embedding
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 
 logger = logging.getLogger(__name__)
 
 NCNN_PARAM_MAGIC = 7767517
-NCNN_PRECISIONS = ("fp32", "fp16")
+NCNN_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class NcnnLayer(NamedTuple):
-    """One layer line of a .param file: `type name n_in n_out inputs... outputs... key=value...`."""
+    """One layer line of a .param file: `type name n_in n_out inputs... outputs... key=value...`.
+
+    `params` keeps the key=value pairs as written (keys as strings, arrays such as `-23309=2,1,2` verbatim),
+    so a rewritten .param (the int8 writer) changes only what it means to change.
+    """
 
     layer_type: str
     layer_name: str
     input_blobs: list[str]
     output_blobs: list[str]
+    params: tuple[tuple[str, str], ...] = ()
+
+    def param_int(self, key: int, default: int = 0) -> int:
+        """A scalar integer parameter (ncnn's `pd.get(key, default)`)."""
+        for name, value in self.params:
+            if name == str(key):
+                return int(float(value))
+        return default
 
 
 def read_param_layers(param_path: str | Path) -> list[NcnnLayer]:
@@ -48,7 +63,13 @@ def read_param_layers(param_path: str | Path) -> list[NcnnLayer]:
         blobs = fields[4 : 4 + n_in + n_out]
         if len(blobs) != n_in + n_out:
             raise ValueError(f"{param_path}:{number}: layer declares {n_in}+{n_out} blobs, line has {len(blobs)}")
-        layers.append(NcnnLayer(fields[0], fields[1], blobs[:n_in], blobs[n_in:]))
+        params = []
+        for token in fields[4 + n_in + n_out :]:
+            key, sep, value = token.partition("=")
+            if not sep:
+                raise ValueError(f"{param_path}:{number}: parameter {token!r} is not key=value")
+            params.append((key, value))
+        layers.append(NcnnLayer(fields[0], fields[1], blobs[:n_in], blobs[n_in:], tuple(params)))
     if len(layers) != layer_count:
         raise ValueError(f"{param_path}: header says {layer_count} layers, file has {len(layers)}")
     return layers
@@ -109,6 +130,7 @@ class NcnnRunner(Runner):
         opt.use_fp16_packed = use_fp16
         opt.use_fp16_arithmetic = self.use_fp16_arithmetic
         opt.use_bf16_storage = False
+        opt.use_int8_inference = precision == "int8"
         if self.net.load_param(str(self.param_path)) != 0:
             raise RuntimeError(f"ncnn could not load param file {self.param_path}")
         if self.net.load_model(str(self.bin_path)) != 0:
@@ -118,6 +140,7 @@ class NcnnRunner(Runner):
             precision, self.param_path, self.bin_path, self.input_blob, self.output_blob, threads, use_fp16,
             self.use_fp16_arithmetic, bool(ncnn.cpu_support_arm_asimdhp()),
         )
+        check_probe_embedding(self.param_path, spec, self.infer)
 
     def _extract(self, image_chw: np.ndarray, blob_names: list[str], light_mode: bool) -> dict[str, np.ndarray]:
         if self.net is None:

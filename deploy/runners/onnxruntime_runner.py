@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from deploy.model_check import check_declared_shapes
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 
@@ -21,6 +22,7 @@ class OnnxRuntimeRunner(Runner):
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(model_path), options, providers=providers or ["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        check_declared_shapes(model_path, self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape, spec)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]

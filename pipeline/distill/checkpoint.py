@@ -1,4 +1,8 @@
-"""Training checkpoints as safetensors (tensors) + JSON (everything else): loading one never runs code."""
+"""Training checkpoints as safetensors (tensors) + JSON (everything else): loading one never runs code.
+
+The JSON part travels inside the safetensors header too, so one atomic rename commits a whole checkpoint: a
+kill between two file writes can never pair new tensors with an old step count. state.json is a readable copy.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from pipeline.artifacts import atomic_path, write_json_atomic
+from pipeline.artifacts import write_json_atomic, write_safetensors_atomic
 from pipeline.errors import DataError
 
 TENSORS_FILE = "state.safetensors"
@@ -47,26 +52,27 @@ def _python_key(key: Any) -> Any:
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    """Write tensors then metadata, each atomically; the metadata names the tensor file's step so a torn pair is detected."""
+    """Write the tensors with the JSON skeleton in their header (one atomic file), then the readable state.json."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     skeleton = flatten_state("state", state, tensors)
-    with atomic_path(folder / TENSORS_FILE) as temp:
-        save_file(tensors, str(temp), metadata={"step": str(state.get("global_step", ""))})
+    write_safetensors_atomic(folder / TENSORS_FILE, tensors,
+                             metadata={"step": str(state.get("global_step", "")), "skeleton": json.dumps(skeleton)})
     write_json_atomic(folder / META_FILE, {"skeleton": skeleton, "step": state.get("global_step")})
 
 
 def load_checkpoint(folder: Path) -> dict[str, Any] | None:
     """The last complete checkpoint in `folder`, or None when there is none."""
-    meta_path, tensor_path = folder / META_FILE, folder / TENSORS_FILE
-    if not (meta_path.is_file() and tensor_path.is_file()):
+    tensor_path = folder / TENSORS_FILE
+    if not tensor_path.is_file():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        with safe_open(str(tensor_path), framework="pt") as stored:
+            skeleton = json.loads((stored.metadata() or {})["skeleton"])
         tensors = load_file(str(tensor_path))
-    except (OSError, ValueError) as exc:
-        raise DataError(folder, f"checkpoint unreadable ({exc}); delete it to start over") from exc
-    return unflatten_state(meta["skeleton"], tensors)
+        return unflatten_state(skeleton, tensors)
+    except Exception as exc:  # safetensors, json and a mangled skeleton raise several unrelated types
+        raise DataError(tensor_path, f"checkpoint unreadable ({exc.__class__.__name__}: {str(exc)[:200]}); delete {folder} to start over") from exc
 
 
 def load_module_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor], source: str | Path) -> None:

@@ -2,6 +2,11 @@
 
 Checkpoints every N steps and at each epoch end; a rerun resumes from the last one and, because batches
 derive from (seed, epoch) and RNG state is saved, reaches the same weights as an uninterrupted run.
+
+The teacher is either cached signals (`TeacherSignals`: embeddings and patch tokens of every image and its
+mirror, computed once) or a live module trained alongside the student (`apt.PromptedTeacher`): its trainable
+parts (prompts) join the optimiser and the checkpoint, and its own loss joins the objective. Student feature
+maps that terms read are captured with forward hooks, removed again before the function returns.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
 from pipeline.distill.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.distill.losses import DistillInputs, DistillLoss
+from pipeline.distill.losses import STUDENT_FEATURES, STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
 from pipeline.errors import PipelineError
 from pipeline.models.margin import CombinedMarginHead
 
@@ -39,13 +44,31 @@ class TrainingInterrupted(PipelineError):
 
 
 @dataclass
+class TeacherBatch:
+    """The teacher's signals for one batch; `loss` is the teacher's own training loss when it trains (APT)."""
+
+    embedding: torch.Tensor | None = None
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, h*w, C) patch tokens
+    loss: torch.Tensor | None = None
+
+
+@dataclass
 class TeacherSignals:
     """Teacher outputs computed once per image (and its mirror), so distillation never reruns the teacher."""
 
     embeddings: np.ndarray  # (N, 2, D): [:, 0] original, [:, 1] horizontally flipped
+    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> (N, 2, h*w, C), usually fp16 memory-mapped
 
     def embedding_for(self, indices: np.ndarray, flipped: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.embeddings[indices, flipped.astype(np.int64)]))
+
+    def tokens_for(self, tap: str, indices: np.ndarray, flipped: np.ndarray) -> torch.Tensor:
+        if tap not in self.tokens:
+            raise PipelineError(f"teacher tokens at {tap!r} were not cached; cached taps: {', '.join(self.tokens) or 'none'}")
+        return torch.from_numpy(np.asarray(self.tokens[tap][indices, flipped.astype(np.int64)], dtype=np.float32))
+
+    def signals(self, indices: np.ndarray, flipped: np.ndarray, images: torch.Tensor, labels: torch.Tensor, taps: tuple[str, ...]) -> TeacherBatch:
+        return TeacherBatch(self.embedding_for(indices, flipped), {tap: self.tokens_for(tap, indices, flipped) for tap in taps})
 
 
 @dataclass
@@ -81,22 +104,31 @@ def train_recognition_model(
     seed: int,
     checkpoint_dir: Path,
     distill_losses: list[WeightedLoss] | None = None,
-    teacher: TeacherSignals | None = None,
+    teacher: TeacherSignals | nn.Module | None = None,
     description: str = "train",
     should_stop: Callable[[int], bool] | None = None,
 ) -> tuple[CombinedMarginHead, TrainResult]:
     """Train `backbone` (in place) with a margin head and optional distillation terms; return the head and stats.
 
+    `teacher` is cached `TeacherSignals` or a live teacher module (see the module docstring) whose
+    `signals(indices, flipped, images, labels, taps)` returns a `TeacherBatch`.
     `should_stop(global_step)` is asked after every step; True writes a checkpoint and raises TrainingInterrupted.
     """
     distill_losses = distill_losses or []
-    needs_teacher = any("teacher_embedding" in term.module.requires for term in distill_losses)
+    required = frozenset().union(*(term.module.requires for term in distill_losses))
+    needs_teacher = bool(required & {TEACHER_EMBEDDING, TEACHER_TOKENS})
     if needs_teacher and teacher is None:
         raise PipelineError(f"{description}: a distillation loss needs teacher embeddings but none were given")
+    live_teacher = teacher if isinstance(teacher, nn.Module) else None
+    student_taps = sorted({tap for term in distill_losses for tap in term.module.student_taps})
+    teacher_taps = tuple(sorted({tap for term in distill_losses for tap in term.module.teacher_taps}))
 
     torch.manual_seed(seed)
     head = CombinedMarginHead(getattr(backbone, "embedding_dim", 512), train_set.num_identities, **margin.model_dump())
-    trainable = nn.ModuleDict({"backbone": backbone, "head": head, "losses": nn.ModuleList([t.module for t in distill_losses])})
+    modules = {"backbone": backbone, "head": head, "losses": nn.ModuleList([t.module for t in distill_losses])}
+    if live_teacher is not None:
+        modules["teacher"] = live_teacher
+    trainable = nn.ModuleDict(modules)
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
 
     per_epoch = steps_per_epoch(len(train_set.labels), optim.batch_size)
@@ -115,60 +147,111 @@ def train_recognition_model(
         global_step, history = saved["global_step"], saved["history"]
         log.info("%s: resumed from checkpoint at step %d/%d (%s)", description, global_step, total_steps, checkpoint_dir)
     resumed_from = global_step
+    last_good_step = global_step if saved is not None else None  # the newest checkpoint on disk, all weights finite
+
+    def last_good() -> str:
+        if last_good_step is None:
+            return f"no checkpoint written yet in {checkpoint_dir}"
+        return f"last good checkpoint: step {last_good_step} in {checkpoint_dir}"
 
     def checkpoint() -> None:
+        nonlocal last_good_step
+        if not all(bool(torch.isfinite(p).all()) for p in trainable.parameters()):
+            raise NonFiniteLossError(f"{description}: weights became non-finite at step {global_step}; {last_good()}")
         save_checkpoint(checkpoint_dir, {
             "trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "global_step": global_step, "history": history,
+            "torch_rng": torch.get_rng_state(), "global_step": global_step, "history": history, "running": running,
         })
+        last_good_step = global_step
 
+    captured: dict[str, torch.Tensor] = {}
+    teacher_weight = float(getattr(live_teacher, "loss_weight", 1.0))
+
+    def step_terms(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one batch and its named terms (margin, each distillation term, the live teacher's own loss)."""
+        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec)
+        labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64))
+        captured.clear()
+        embedding = backbone(images)
+        terms = {"margin": head.margin_loss(embedding, labels)}
+        if not distill_losses:
+            return terms["margin"], terms
+        signals = TeacherBatch()
+        if needs_teacher or live_teacher is not None:
+            signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps)
+        student_logits = head.cosine(embedding) * head.scale if STUDENT_LOGITS in required else None
+        inputs = DistillInputs(embedding, labels, signals.embedding, student_logits=student_logits,
+                               student_features=dict(captured), teacher_tokens=signals.tokens)
+        for term in distill_losses:
+            terms[term.name] = term.module(inputs)
+        loss = terms["margin"] + sum(t.weight * terms[t.name] for t in distill_losses)
+        if signals.loss is not None:
+            terms["teacher_margin"] = signals.loss
+            loss = loss + teacher_weight * signals.loss
+        return loss, terms
+
+    hooks = capture_features(backbone, student_taps, captured, description)
     trainable.train()
     started = time.perf_counter()
-    running: dict[str, float] = {}
-    with tqdm(total=total_steps, initial=global_step, desc=description, unit="step", dynamic_ncols=True) as bar:
-        while global_step < total_steps:
-            epoch, step_in_epoch = divmod(global_step, per_epoch)
-            for batch in epoch_batches(len(train_set.labels), optim.batch_size, seed, epoch, optim.hflip, step_in_epoch):
-                if global_step >= total_steps:
-                    break
-                lr = learning_rate(global_step, total_steps, warmup_steps, optim.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec)
-                labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64))
-                embedding = backbone(images)
-                terms = {"margin": head.margin_loss(embedding, labels)}
-                if distill_losses:
-                    inputs = DistillInputs(embedding, labels, teacher.embedding_for(batch.indices, batch.flipped) if needs_teacher else None)
-                    for term in distill_losses:
-                        terms[term.name] = term.module(inputs)
-                loss = terms["margin"] + sum(t.weight * terms[t.name] for t in distill_losses)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"{description}: loss is {loss.item()} at step {global_step} (epoch {epoch}); "
-                        f"last good checkpoint kept in {checkpoint_dir}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                global_step += 1
-                for name, value in {"loss": loss, **terms}.items():
-                    running[name] = running.get(name, 0.0) + float(value.detach())
-                running["steps"] = running.get("steps", 0) + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.1e}")
-                epoch_done = batch.step_in_epoch == per_epoch - 1 or global_step == total_steps
-                if epoch_done:
-                    steps = running.pop("steps")
-                    history.append({"epoch": epoch, "step": global_step, **{k: v / steps for k, v in running.items()}})
-                    log.info("%s epoch %d: %s", description, epoch, ", ".join(f"{k}={v / steps:.4f}" for k, v in running.items()))
-                    running = {}
-                if epoch_done or global_step % optim.checkpoint_every_steps == 0:
-                    checkpoint()
-                if should_stop is not None and should_stop(global_step) and global_step < total_steps:
-                    checkpoint()
-                    raise TrainingInterrupted(f"{description}: stopped at step {global_step}; checkpoint in {checkpoint_dir}")
+    running: dict[str, float] = dict(saved.get("running", {})) if saved is not None else {}  # this epoch's loss sums so far
+    try:
+        with tqdm(total=total_steps, initial=global_step, desc=description, unit="step", dynamic_ncols=True) as bar:
+            while global_step < total_steps:
+                epoch, step_in_epoch = divmod(global_step, per_epoch)
+                for batch in epoch_batches(len(train_set.labels), optim.batch_size, seed, epoch, optim.hflip, step_in_epoch):
+                    if global_step >= total_steps:
+                        break
+                    lr = learning_rate(global_step, total_steps, warmup_steps, optim.lr)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    loss, terms = step_terms(batch)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"{description}: loss is {loss.item()} at step {global_step} (epoch {epoch}); "
+                            f"{last_good()}"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    global_step += 1
+                    for name, value in {"loss": loss, **terms}.items():
+                        running[name] = running.get(name, 0.0) + float(value.detach())
+                    running["steps"] = running.get("steps", 0) + 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.1e}")
+                    epoch_done = batch.step_in_epoch == per_epoch - 1 or global_step == total_steps
+                    if epoch_done:
+                        steps = running.pop("steps")
+                        history.append({"epoch": epoch, "step": global_step, **{k: v / steps for k, v in running.items()}})
+                        log.info("%s epoch %d: %s", description, epoch, ", ".join(f"{k}={v / steps:.4f}" for k, v in running.items()))
+                        running = {}
+                    if epoch_done or global_step % optim.checkpoint_every_steps == 0:
+                        checkpoint()
+                    if should_stop is not None and should_stop(global_step) and global_step < total_steps:
+                        checkpoint()
+                        raise TrainingInterrupted(f"{description}: stopped at step {global_step}; checkpoint in {checkpoint_dir}")
+    finally:
+        for hook in hooks:
+            hook.remove()
+        captured.clear()
     wall = time.perf_counter() - started
     trained_images = (global_step - resumed_from) * min(optim.batch_size, len(train_set.labels))
     backbone.eval()
     return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history)
+
+
+def capture_features(model: nn.Module, taps: list[str], into: dict[str, torch.Tensor], description: str) -> list:
+    """Forward hooks that store the output of each named module in `into`; the caller removes them."""
+    named = dict(model.named_modules())
+    missing = [tap for tap in taps if tap not in named]
+    if missing:
+        offered = list(getattr(model, "feature_stages", {})) or [name for name in named if name]
+        raise PipelineError(f"{description}: the student has no module {missing[0]!r} to tap; feature taps: {', '.join(offered)}")
+
+    def hook_for(tap: str):
+        def store(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            into[tap] = output
+
+        return store
+
+    return [named[tap].register_forward_hook(hook_for(tap)) for tap in taps]

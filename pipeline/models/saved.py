@@ -7,18 +7,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.artifacts import atomic_path, write_json_atomic
+from pipeline.artifacts import write_json_atomic, write_safetensors_atomic
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.errors import DataError
 from pipeline.models.registry import create_model
 
 
 def save_weights(path: Path, module: nn.Module) -> None:
-    with atomic_path(path) as temp:
-        save_file({k: v.detach().contiguous() for k, v in module.state_dict().items()}, str(temp))
+    write_safetensors_atomic(path, {k: v.detach().contiguous() for k, v in module.state_dict().items()})
 
 
 def save_model(folder: Path, stem: str, model: nn.Module, name: str, args: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ STAGES: list[Stage] = [
     Stage("evaluate", run_evaluate_stage, ("data", "teacher", "baseline", "distill"), (), description="verification accuracy of teacher and students"),
     Stage("export", run_export_stage, ("data", "distill"), ("export",), description="export the student to every configured format"),
     Stage("parity", run_parity_stage, ("data", "evaluate", "export"), ("parity",), description="numeric and accuracy parity of every backend"),
-    Stage("benchmark", run_benchmark_stage, ("data", "distill", "export"), ("benchmark",), description="latency of every runnable backend"),
+    Stage("benchmark", run_benchmark_stage, ("data", "teacher", "distill", "export"), ("benchmark",),
+          description="latency of every runnable backend, FLOPs, and the teacher's training cost"),
     Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "benchmark"), ("run_name",),
           description="report.md and report.html"),
 ]

@@ -3,7 +3,10 @@
 A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the
 pipeline version) matches its manifest and its outputs still hash as recorded; otherwise it reruns. A stage
 writes into a staging folder that replaces the old results only on success, so a failure never costs
-earlier results, and long stages keep resumable work (checkpoints) in runs/<run>/work/<stage>/.
+earlier results, and long stages keep resumable work (checkpoints) in runs/<run>/work/<stage>/. That work is
+tagged with the stage's fingerprint and discarded when the fingerprint changes or the stage is forced, so a
+checkpoint trained under another config is never resumed. A stop signal (see `pipeline.interrupts`) stops the
+run before the next stage.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic
+from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.config import RunConfig
 from pipeline.errors import PipelineError
+from pipeline.interrupts import raise_if_stop_requested, stop_requested
 
 log = logging.getLogger("pipeline.stages")
 MANIFEST = "manifest.json"
+WORK_FINGERPRINT = ".fingerprint"
 
 
 @dataclass
@@ -129,12 +134,14 @@ class StageRunner:
         last = self.names.index(until) if until else len(self.names) - 1
         outcomes = []
         for index, stage in enumerate(self.stages[: last + 1]):
+            raise_if_stop_requested(f"stage {stage.name!r}")
             forced = force or (first_forced is not None and index >= first_forced)
             outcomes.append(self._run_stage(stage, forced))
         return outcomes
 
     def _run_stage(self, stage: Stage, forced: bool) -> StageOutcome:
         stage_dir = self.run_dir / stage.name
+        self._recover_interrupted_swap(stage_dir)
         fingerprint = self.fingerprint(stage)
         key = sha256_json(fingerprint)
         manifest = read_manifest(stage_dir)
@@ -145,8 +152,7 @@ class StageRunner:
         staging = self.run_dir / f".{stage.name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        work_dir = self.run_dir / "work" / stage.name
-        work_dir.mkdir(parents=True, exist_ok=True)
+        work_dir = self._prepare_work_dir(stage.name, key, forced)
         context = StageContext(self.config, self.run_dir, staging, work_dir, fingerprint["inputs"])
         log.info("[%s] running: %s", stage.name, stage.description or stage.name)
         for name, outputs in fingerprint["inputs"].items():
@@ -156,7 +162,10 @@ class StageRunner:
         try:
             stage.run(context)
         except BaseException:
-            log.error("[%s] failed after %.1f s; earlier stages' results are intact in %s", stage.name, time.perf_counter() - started, self.run_dir)
+            if stop_requested():
+                log.warning("[%s] stopped on request after %.1f s; resumable work is kept in %s", stage.name, time.perf_counter() - started, work_dir)
+            else:
+                log.error("[%s] failed after %.1f s; earlier stages' results are intact in %s", stage.name, time.perf_counter() - started, self.run_dir)
             raise
         wall = time.perf_counter() - started
         manifest = {
@@ -173,6 +182,29 @@ class StageRunner:
         self._replace(staging, stage_dir)
         log.info("[%s] wrote %s (%s) in %.1f s", stage.name, stage_dir, ", ".join(manifest["outputs"]), wall)
         return StageOutcome(stage.name, "ran", wall, manifest)
+
+    def _prepare_work_dir(self, name: str, key: str, forced: bool) -> Path:
+        """The stage's resumable work, kept only when it was made under the same fingerprint and not forced."""
+        work_dir = self.run_dir / "work" / name
+        marker = work_dir / WORK_FINGERPRINT
+        if work_dir.exists():
+            made_under = marker.read_text().strip() if marker.is_file() else None
+            if forced or made_under != key:
+                why = "the stage is forced" if forced else "its config or inputs changed"
+                log.info("[%s] discarding resumable work in %s: %s", name, work_dir, why)
+                shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            write_text_atomic(marker, key + "\n")
+        return work_dir
+
+    @staticmethod
+    def _recover_interrupted_swap(final: Path) -> None:
+        """A crash between the two renames of `_replace` leaves only the retired folder: put it back."""
+        retired = final.with_name(f".{final.name}.old")
+        if retired.is_dir() and not final.exists():
+            log.warning("%s: restoring the previous results from %s (a run stopped while swapping them)", final, retired)
+            retired.rename(final)
 
     @staticmethod
     def _replace(staging: Path, final: Path) -> None:

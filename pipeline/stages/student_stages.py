@@ -1,72 +1,158 @@
 """Stages `baseline` (student alone) and `distill` (student taught by the teacher), on one trainer.
 
-The teacher's embeddings of every training image and its mirror are computed once and cached in the
-stage's work folder, keyed by the teacher's and the data's hashes: distillation never reruns the teacher.
+`train_student` is the one way a student is trained: these stages and `benchmarks/ablation.py` all call it.
+A frozen teacher's signals (embeddings, and patch tokens at the blocks feature terms tap) of every training image
+and its mirror are computed once and cached in the work folder, keyed by the teacher's and the data's hashes:
+distillation never reruns a frozen teacher. A prompted teacher (APT) changes every step, so it runs live.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from tqdm import tqdm
 
-from deploy.runners.torch_runner import TorchRunner
-from pipeline.artifacts import sha256_json
+from deploy.preprocess import PreprocessSpec
+from pipeline.artifacts import atomic_path, sha256_json
+from pipeline.config import DistillVariant, RunConfig
 from pipeline.data.store import load_array, load_training_set, save_array
-from pipeline.distill.losses import create_loss
-from pipeline.distill.trainer import TeacherSignals, WeightedLoss, train_recognition_model
+from pipeline.distill.apt import PromptedTeacher
+from pipeline.distill.batches import images_to_tensor
+from pipeline.distill.checkpoint import load_module_weights
+from pipeline.distill.objective import build_losses, loss_context, reads_teacher, teacher_taps
+from pipeline.distill.trainer import TeacherSignals, train_recognition_model
+from pipeline.errors import ConfigError
+from pipeline.interrupts import stop_requested
+from pipeline.models.margin import CombinedMarginHead
 from pipeline.models.registry import create_model
 from pipeline.models.saved import load_model, save_model, save_weights
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
+TEACHER_HEAD_FILE = "teacher_head.safetensors"
 
 
-def _train_student(context: StageContext, stem: str, losses: list[WeightedLoss], teacher: TeacherSignals | None) -> None:
-    config = context.config
+@dataclass(frozen=True)
+class StudentJob:
+    """Where one student training reads and writes, and the seed it uses."""
+
+    config: RunConfig
+    data_dir: Path
+    teacher_dir: Path | None  # None: no teacher (the baseline)
+    work_dir: Path  # checkpoints and the teacher-signal cache
+    out_dir: Path
+    cache_key: str  # hash of the data and teacher outputs: names the teacher-signal cache files
+    seed: int
+
+
+def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict:
+    """Train a student with `objective`, write <stem>.safetensors/.json, its head and history; return its summary."""
+    config = job.config
     student = create_model(config.student.model, **config.student.model_args)
-    train_set = load_training_set(context.input_dir("data"))
+    train_set = load_training_set(job.data_dir)
+    teacher_model = teacher_head = None
+    if objective.losses and job.teacher_dir is not None:
+        teacher_model = load_model(job.teacher_dir, "teacher")
+        teacher_head = load_teacher_head(job.teacher_dir, config, teacher_model, train_set.num_identities)
+    losses = build_losses(objective, loss_context(student, config.data.image_size, teacher_model, teacher_head), job.seed)
+    teacher: TeacherSignals | PromptedTeacher | None = None
+    if objective.apt is not None:
+        if teacher_head is None:
+            raise ConfigError(f"APT keeps the teacher's margin loss, which needs {TEACHER_HEAD_FILE} from a trained teacher stage")
+        apt = objective.apt
+        teacher = PromptedTeacher(teacher_model, teacher_head, apt.num_prompts, apt.blocks, apt.teacher_margin_weight)
+    elif any(reads_teacher(loss) for loss in losses) and teacher_model is not None:
+        teacher = teacher_signals(job, teacher_model, teacher_taps(losses), train_set.images)
     head, result = train_recognition_model(
         student, train_set, run_preprocess_spec(config), config.distill.margin, config.distill.optim,
-        config.seed, context.work_dir / f"{stem}_checkpoint", losses, teacher, description=stem,
+        job.seed, job.work_dir / f"{stem}_checkpoint", losses, teacher, description=stem, should_stop=stop_requested,
     )
-    save_model(context.out_dir, stem, student, config.student.model, dict(config.student.model_args))
-    save_weights(context.out_dir / f"{stem}_head.safetensors", head)
-    write_json(context.out_dir, f"{stem}_history.json", result.history)
-    context.summary[stem] = {
+    save_model(job.out_dir, stem, student, config.student.model, dict(config.student.model_args))
+    save_weights(job.out_dir / f"{stem}_head.safetensors", head)
+    write_json(job.out_dir, f"{stem}_history.json", result.history)
+    return {
         "steps": result.global_steps, "resumed_from_step": result.resumed_from_step,
         "train_wall_time_s": round(result.wall_time_s, 1), "images_per_s": round(result.images_per_s, 1),
-        "losses": [loss.name for loss in losses], "parameters": sum(p.numel() for p in student.parameters()),
+        "losses": [loss.name for loss in losses], "apt": objective.apt is not None,
+        "parameters": sum(p.numel() for p in student.parameters()),
     }
+
+
+def load_teacher_head(teacher_dir: Path, config: RunConfig, teacher: nn.Module, num_identities: int) -> CombinedMarginHead | None:
+    """The teacher stage's margin head (class centres), or None for a teacher loaded from a user's checkpoint."""
+    path = teacher_dir / TEACHER_HEAD_FILE
+    if not path.is_file():
+        return None
+    head = CombinedMarginHead(teacher.embedding_dim, num_identities, **config.teacher.margin.model_dump())
+    load_module_weights(head, load_file(str(path)), path)
+    return head.eval()
+
+
+def _stage_job(context: StageContext, teacher: bool) -> StudentJob:
+    config = context.config
+    return StudentJob(
+        config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, context.work_dir, context.out_dir,
+        sha256_json({"teacher": context.extra_inputs.get("teacher"), "data": context.extra_inputs["data"]})[:16], config.seed,
+    )
 
 
 def run_baseline_stage(context: StageContext) -> None:
     """The no-distillation student: same data, trainer and budget as `distill`, margin loss only."""
-    _train_student(context, "student_nokd", [], None)
+    context.summary["student_nokd"] = train_student(_stage_job(context, teacher=False), "student_nokd", DistillVariant())
 
 
 def run_distill_stage(context: StageContext) -> None:
-    config = context.config
-    losses = [WeightedLoss(term.name, term.weight, create_loss(term.name, **term.args)) for term in config.distill.losses]
-    needs_teacher = any("teacher_embedding" in loss.module.requires for loss in losses)
-    teacher = teacher_signals(context) if needs_teacher else None
-    _train_student(context, "student", losses, teacher)
+    context.summary["student"] = train_student(_stage_job(context, teacher=True), "student", context.config.distill.objective())
 
 
-def teacher_signals(context: StageContext) -> TeacherSignals:
-    """Teacher embeddings of every training image, original and mirrored, from the cache or computed now."""
-    key = sha256_json({"teacher": context.extra_inputs["teacher"], "data": context.extra_inputs["data"]})[:16]
-    cache_path = context.work_dir / f"teacher_embeddings_{key}.npy"
-    if cache_path.is_file():
-        log.info("distill: teacher embeddings from cache %s", cache_path)
-        return TeacherSignals(np.asarray(load_array(cache_path, mmap=False)))
-    teacher = load_model(context.input_dir("teacher"), "teacher")
-    images = load_training_set(context.input_dir("data")).images
-    runner = TorchRunner(teacher, run_preprocess_spec(context.config, teacher.embedding_dim))
-    original = runner.embed(images, batch_size=128, progress=True)
-    mirrored = runner.embed(np.ascontiguousarray(images[:, :, ::-1]), batch_size=128, progress=True)
-    embeddings = np.stack([original, mirrored], axis=1).astype(np.float32)
-    save_array(cache_path, embeddings)
-    log.info("distill: cached teacher embeddings %s -> %s", embeddings.shape, cache_path)
-    return TeacherSignals(embeddings)
+def teacher_signals(job: StudentJob, teacher: nn.Module, taps: list[str], images: np.ndarray) -> TeacherSignals:
+    """Frozen-teacher embeddings (and tokens at `taps`) of every training image and its mirror, cached or computed now."""
+    embeddings_path = job.work_dir / f"teacher_embeddings_{job.cache_key}.npy"
+    token_paths = {tap: job.work_dir / f"teacher_tokens_{tap}_{job.cache_key}.npy" for tap in taps}
+    missing = {tap: path for tap, path in token_paths.items() if not path.is_file()}
+    if missing or not embeddings_path.is_file():
+        compute_teacher_signals(teacher, images, run_preprocess_spec(job.config, teacher.embedding_dim), embeddings_path, missing)
+    else:
+        log.info("distill: teacher signals from cache %s", job.work_dir)
+    tokens = {tap: load_array(path) for tap, path in token_paths.items()}  # memory-mapped fp16
+    return TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), tokens)
+
+
+@torch.inference_mode()
+def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: PreprocessSpec, embeddings_path: Path, token_paths: dict[str, Path], batch_size: int = 128) -> None:
+    """One teacher pass over every image and its mirror; writes (N, 2, D) fp32 embeddings and (N, 2, T, C) fp16 tokens."""
+    teacher.eval()
+    count = len(images)
+    if token_paths and not hasattr(teacher, "forward_tokens"):
+        raise ConfigError(f"feature distillation taps teacher tokens, but the teacher {type(teacher).__name__} has no forward_tokens")
+    embeddings = np.zeros((count, 2, teacher.embedding_dim), np.float32)
+    with contextlib.ExitStack() as stack:
+        token_arrays = {}
+        for tap, path in token_paths.items():
+            temp = stack.enter_context(atomic_path(path))
+            shape = (count, 2, teacher.grid_size * teacher.grid_size, teacher.width)
+            token_arrays[tap] = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float16, shape=shape)
+        for start in tqdm(range(0, count, batch_size), desc="teacher signals", unit="batch"):
+            rows = images[start : start + batch_size]
+            for mirror in (0, 1):
+                batch = images_to_tensor(np.ascontiguousarray(rows), np.full(len(rows), bool(mirror)), spec)
+                if token_paths:
+                    embedding, per_block = teacher.forward_tokens(batch)
+                    for tap, array in token_arrays.items():
+                        array[start : start + len(rows), mirror] = per_block[int(tap.split(".")[1])].numpy().astype(np.float16)
+                else:
+                    embedding = teacher(batch)
+                embeddings[start : start + len(rows), mirror] = embedding.numpy()
+        for tap in list(token_arrays):
+            token_arrays.pop(tap).flush()  # close each memmap before its temp file is renamed into place
+    save_array(embeddings_path, embeddings)
+    log.info("distill: cached teacher embeddings %s%s", embeddings.shape, f" and tokens at {', '.join(token_paths)}" if token_paths else "")
+

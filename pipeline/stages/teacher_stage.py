@@ -8,6 +8,8 @@ from pathlib import Path
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.distill.trainer import train_recognition_model
 from pipeline.data.store import load_training_set
+from pipeline.errors import DataError
+from pipeline.interrupts import stop_requested
 from pipeline.models.registry import create_model
 from pipeline.models.saved import load_external_weights, save_model, save_weights
 from pipeline.stages.common import run_preprocess_spec, write_json
@@ -22,14 +24,18 @@ def run_teacher_stage(context: StageContext) -> None:
     teacher = create_model(teacher_config.model, **teacher_config.model_args)
     if teacher_config.checkpoint:
         path = Path(teacher_config.checkpoint)
-        load_module_weights(teacher, load_external_weights(path), path)
+        try:
+            load_module_weights(teacher, load_external_weights(path), path)
+        except DataError as exc:  # e.g. a checkpoint of another architecture: say which one was expected
+            args = ", ".join(f"{k}={v}" for k, v in teacher_config.model_args.items())
+            raise DataError(path, f"not a teacher.model {teacher_config.model}({args}) checkpoint: {exc.problem}") from None
         log.info("teacher: loaded %s from %s (no training)", teacher_config.model, path)
         context.summary.update({"source": "checkpoint", "checkpoint": str(path)})
     else:
         train_set = load_training_set(context.input_dir("data"))
         head, result = train_recognition_model(
             teacher, train_set, run_preprocess_spec(config), teacher_config.margin, teacher_config.optim,
-            config.seed, context.work_dir / "checkpoint", description="teacher",
+            config.seed, context.work_dir / "checkpoint", description="teacher", should_stop=stop_requested,
         )
         save_weights(context.out_dir / "teacher_head.safetensors", head)
         write_json(context.out_dir, "teacher_history.json", result.history)
