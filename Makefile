@@ -6,7 +6,7 @@ PROFILE ?= default
 RUN_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mobile-model test bench clean
+.PHONY: setup mobile-model test bench bench-real clean
 
 setup: $(STAMP)
 
@@ -27,5 +27,43 @@ test: setup
 bench: setup
 	$(PY) -m pipeline run --profile $(PROFILE) --from benchmark $(RUN_ARGS)
 
+# The whole pipeline on real aligned faces (configs/real.yaml: $$FACE_DATA_ROOT, default ../shared/data); opt-in, slow on CPU.
+bench-real: setup
+	$(PY) -m pipeline run --profile real $(RUN_ARGS)
+
 clean:
 	rm -rf runs build .pytest_cache
+
+# Latency beyond this machine (see benchmarks/android.py and docker/). RUN_NAME is the profile's run_name.
+RUNS_DIR ?= runs
+RUN_NAME ?= $(PROFILE)
+BENCHNCNN ?=
+ANDROID_ARGS ?=
+DOCKER ?= docker
+IMAGE ?= face-distill
+TORCH_INDEX_URL ?=
+.PHONY: bench-android docker-cpu docker-jetson
+
+# A phone on adb: BENCHNCNN=/path/to/benchncnn (built for the phone), ANDROID_ARGS="--threads 1 2 4 --loops 50 --serial X".
+bench-android: setup
+	$(PY) -m benchmarks.android --run-dir $(RUNS_DIR)/$(RUN_NAME) $(if $(BENCHNCNN),--benchncnn $(BENCHNCNN)) $(ANDROID_ARGS)
+
+docker-cpu:
+	$(DOCKER) build -f docker/Dockerfile.cpu --target deploy -t $(IMAGE):cpu-deploy .
+	$(DOCKER) build -f docker/Dockerfile.cpu --target full -t $(IMAGE):cpu .
+
+# On the Jetson; TORCH_INDEX_URL=<NVIDIA's wheel index for your JetPack> adds torch (the TensorRT Python runner needs it).
+docker-jetson:
+	$(DOCKER) build -f docker/Dockerfile.jetson -t $(IMAGE):jetson $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
+
+# Distillation ablation (benchmarks/ablation.py): every variant x 3 seeds on one data set, teacher and budget.
+# ABLATION_ARGS e.g. "--variants no_kd,urfm_apt --seeds 0" for a partial run; finished trainings are reused.
+ABLATION_ARGS ?=
+.PHONY: ablation ablation-real
+
+ablation: setup
+	$(PY) -m benchmarks.ablation --profile ablation --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
+
+# Aligned LFW from ../shared/data (skipped, with the reason, where it is absent).
+ablation-real: setup
+	$(PY) -m benchmarks.ablation --profile ablation_real --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)

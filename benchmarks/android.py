@@ -184,7 +184,10 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
             reported = output.settings.get("num_threads"), output.settings.get("loop_count")
             if reported != (threads, run.loop_count):
                 raise AdbError(f"benchncnn on {device['name']} reports num_threads/loop_count {reported}, asked for {(threads, run.loop_count)}")
-            results += results_from_benchncnn(output, model_bytes)
+            try:
+                results += results_from_benchncnn(output, run.param.name, model_bytes)
+            except ValueError as exc:
+                raise AdbError(f"{device['name']}: {exc}") from None
     settings = {"tool": "benchncnn", "threads": run.threads, "loop_count": run.loop_count, "powersave": run.powersave,
                 "gpu_device": run.gpu_device, "cooling_down": run.cooling_down, "model_file": run.param.name}
     versions = {"benchncnn": f"{run.benchncnn.name} sha256:{_sha256_prefix(run.benchncnn)}",
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="result JSON (default: <run-dir>/devices/android_<serial>.json)")
     args = parser.parse_args(argv)
     try:
-        binary, why_not = find_benchncnn(args.benchncnn)
+        binary, why_not = find_benchncnn(args.benchncnn, runs_here=False)
         if binary is None:
             raise AdbError(why_not)
         executable = find_adb(args.adb)

@@ -82,30 +82,39 @@ def benchncnn_arguments(param: str, input_whc: tuple[int, int, int], loop_count:
             f"param={param}", f"shape=[{width},{height},{channels}]"]
 
 
-def results_from_benchncnn(output: BenchncnnOutput, model_bytes: int | None = None, batch: int = 1) -> list[LatencyResult]:
-    """benchncnn's lines as latency rows (min/max/avg only: the percentiles stay empty, never invented)."""
+def results_from_benchncnn(output: BenchncnnOutput, param_name: str, model_bytes: int | None = None, batch: int = 1) -> list[LatencyResult]:
+    """The lines benchncnn printed for `param_name` as latency rows (min/max/avg only: percentiles stay empty).
+
+    benchncnn names a user model by the param path it was given; a run that printed no line for it failed.
+    """
+    lines = [line for line in output.lines if Path(line.name).name == param_name]
+    if not lines:
+        raise ValueError(f"benchncnn printed no timing for {param_name} (it timed: {', '.join(l.name for l in output.lines)})")
     settings = output.settings
     results = []
-    for line in output.lines:
+    for line in lines:
         results.append(LatencyResult(
             BENCHNCNN_BACKEND if line.device == "cpu" else f"{BENCHNCNN_BACKEND}-gpu", BENCHNCNN_PRECISION,
             settings.get("num_threads", 0), batch, settings.get("loop_count", 0),
             None, None, None, line.avg_ms, None, line.min_ms, line.max_ms, round(batch * 1000 / line.avg_ms, 2),
             model_bytes=model_bytes, tool="benchncnn",
-            settings={"model": line.name, **{k: v for k, v in settings.items() if k not in {"num_threads", "loop_count"}},
-                      **({"user_ms": line.user_ms, "sys_ms": line.sys_ms} if line.user_ms is not None else {})},
+            settings={k: v for k, v in settings.items() if k not in {"num_threads", "loop_count"}}
+            | ({"user_ms": line.user_ms, "sys_ms": line.sys_ms} if line.user_ms is not None else {}),
         ))
     return results
 
 
-def find_benchncnn(configured: str | None = None) -> tuple[Path | None, str]:
-    """(path, "") of a runnable benchncnn from the config, $BENCHNCNN or PATH; else (None, why not)."""
+def find_benchncnn(configured: str | None = None, runs_here: bool = True) -> tuple[Path | None, str]:
+    """(path, "") of benchncnn from the config, $BENCHNCNN or PATH; else (None, why not).
+
+    `runs_here=False` for a binary that only the phone runs: it must exist, not be executable on this machine.
+    """
     candidate = configured or os.environ.get(BENCHNCNN_ENV)
     if candidate:
         path = Path(candidate).expanduser()
-        if path.is_file() and os.access(path, os.X_OK):
+        if path.is_file() and (not runs_here or os.access(path, os.X_OK)):
             return path, ""
-        return None, f"benchncnn at {path} is missing or not executable"
+        return None, f"benchncnn at {path} is missing" + (" or not executable" if runs_here else "")
     found = shutil.which("benchncnn")
     return (Path(found), "") if found else (None, NOT_FOUND_REASON)
 
@@ -137,8 +146,9 @@ def benchncnn_here(export_dir: Path, export_records: list[dict], input_whc: tupl
     results = []
     try:
         for threads in thread_counts:
-            output = run_benchncnn_here(binary, export_dir / records[0]["files"][0], input_whc, loop_count, threads)
-            results += results_from_benchncnn(output, records[0].get("bytes"))
+            param = export_dir / records[0]["files"][0]
+            output = run_benchncnn_here(binary, param, input_whc, loop_count, threads)
+            results += results_from_benchncnn(output, param.name, records[0].get("bytes"))
     except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         return [], [{"backend": BENCHNCNN_BACKEND, "precision": BENCHNCNN_PRECISION, "reason": f"benchncnn failed: {exc}"}]
     return results, []

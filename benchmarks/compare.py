@@ -2,8 +2,9 @@
 
     python -m benchmarks.compare runs/default/benchmark/latency.json runs/default/devices/android_XYZ.json
 
-A ratio above 1 means B took longer. Rows present in only one file are listed, not dropped silently;
-`--match precision,threads,batch` compares across backend names (desktop ncnn binding vs a phone's benchncnn).
+A ratio above 1 means B took longer. Rows present in only one file are listed, not dropped silently.
+`--backend-a ncnn --backend-b ncnn-benchncnn` pairs one backend of A with another of B by precision, threads
+and batch: the desktop's ncnn binding against a phone's benchncnn on the same model file.
 """
 
 from __future__ import annotations
@@ -73,14 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     parser.add_argument("--match", default=",".join(DEFAULT_MATCH), help="fields that pair rows (comma-separated)")
+    parser.add_argument("--backend-a", help="only this backend's rows of A (then rows pair without the backend name)")
+    parser.add_argument("--backend-b", help="only this backend's rows of B")
     args = parser.parse_args(argv)
     match = tuple(name for name in args.match.split(",") if name)
+    if args.backend_a or args.backend_b:
+        match = tuple(name for name in match if name != "backend")
     unknown = [name for name in match if name not in DEFAULT_MATCH]
     if unknown:
         print(f"error: --match takes {', '.join(DEFAULT_MATCH)}; got {', '.join(unknown)}", file=sys.stderr)
         return 2
     try:
-        print(format_comparison(load_latency_document(args.a), load_latency_document(args.b), match))
+        a, b = load_latency_document(args.a), load_latency_document(args.b)
+        for document, backend in ((a, args.backend_a), (b, args.backend_b)):
+            if backend:
+                document["results"] = [row for row in document["results"] if row["backend"] == backend]
+        print(format_comparison(a, b, match))
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,11 @@
 """What the teacher costs: training images/s of the student alone vs the distillation step, through the one trainer.
 
-Four figures, each the median over a few steps of `train_recognition_model` (the first step, warm-up, left out):
+Four figures, each the median over a few steps of `train_recognition_model` (warm-up and checkpointing steps left out):
 - student alone: margin loss only (the baseline stage's step);
 - distill, cached teacher: the margin loss plus the configured embedding terms reading teacher embeddings
   computed beforehand (what the distill stage does: it caches the teacher's outputs once);
 - distill, online teacher: the same step with the teacher's forward pass inside it (what distillation costs
-  without the cache, and with every term that needs the teacher's live activations);
+  without the cache, as it must for a teacher that changes while the student trains, e.g. APT's prompts);
 - teacher forward alone, in inference mode, at the training batch size (the cache's price per image).
 Stand-in teacher embeddings are seeded random vectors: their values do not change a step's cost.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,37 +28,31 @@ from deploy.runners.torch_runner import TorchRunner
 from pipeline.config import DistillConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.losses import TEACHER_EMBEDDING, create_loss
-from pipeline.distill.trainer import TeacherBatch, TeacherSignals, WeightedLoss, train_recognition_model
+from pipeline.distill.trainer import TeacherSignals, WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class OnlineTeacher:
-    """Hands the trainer the teacher's embedding of each batch by running the teacher on it there and then."""
+def _step_images_per_s(make_student: Callable[[], nn.Module], train_set: FaceArrays, spec: PreprocessSpec, distill: DistillConfig, seed: int,
+                       steps: int, losses: list[WeightedLoss], teacher: object | None) -> tuple[float, int]:
+    """(images/s from the median step time, steps timed) of `steps` training steps on a fresh student.
 
-    def __init__(self, teacher: nn.Module):
-        self.teacher = teacher.eval()
-
-    @torch.inference_mode()
-    def signals(self, indices: np.ndarray, flipped: np.ndarray, images: torch.Tensor, labels: torch.Tensor, taps: tuple[str, ...]) -> TeacherBatch:
-        return TeacherBatch(embedding=self.teacher(images).clone())
-
-
-def _step_images_per_s(make_student, train_set: FaceArrays, spec: PreprocessSpec, distill: DistillConfig, seed: int,
-                       steps: int, losses: list[WeightedLoss], teacher) -> tuple[float, int]:
-    """(images/s from the median step time, steps timed) of `steps` training steps on a fresh student."""
+    `teacher`: None, cached `TeacherSignals`, or anything with the trainer's `signals(...)` (a live teacher).
+    """
     stamps: list[float] = []
 
     def record_step(_step: int) -> bool:
         stamps.append(time.perf_counter())
         return False
 
-    optim = distill.optim.model_copy(update={"max_steps": steps + 1, "checkpoint_every_steps": 10**9})
+    # One step before the timed ones (warm-up, no earlier stamp to time it from) and one after: the trainer
+    # checkpoints at its last step before asking should_stop, so that step's time is not a training step's.
+    optim = distill.optim.model_copy(update={"max_steps": steps + 2, "checkpoint_every_steps": 10**9})
     with tempfile.TemporaryDirectory(prefix="distill-speed-") as checkpoint_dir:
         train_recognition_model(make_student(), train_set, spec, distill.margin, optim, seed, Path(checkpoint_dir),
                                 losses, teacher, description="speed", should_stop=record_step)
-    step_seconds = np.diff(stamps)  # the first step has no earlier stamp: warm-up stays out
+    step_seconds = np.diff(stamps)[:-1]
     batch = min(distill.optim.batch_size, len(train_set.labels))
     return round(batch / float(np.median(step_seconds)), 1), len(step_seconds)
 
@@ -75,7 +70,7 @@ def embedding_terms(distill: DistillConfig) -> list[WeightedLoss]:
     return terms or [WeightedLoss("embedding_kd", 1.0, create_loss("embedding_kd"))]
 
 
-def measure_distill_speed(make_student, teacher: nn.Module, train_set: FaceArrays, spec: PreprocessSpec,
+def measure_distill_speed(make_student: Callable[[], nn.Module], teacher: nn.Module, train_set: FaceArrays, spec: PreprocessSpec,
                           distill: DistillConfig, seed: int, steps: int) -> dict:
     """The four figures of the module docstring, and how many times longer an online distill step takes than the student's."""
     terms = embedding_terms(distill)
@@ -83,7 +78,9 @@ def measure_distill_speed(make_student, teacher: nn.Module, train_set: FaceArray
     stand_in = np.random.default_rng(seed).standard_normal((len(train_set.labels), 2, embedding_dim)).astype(np.float32)
     student_alone, timed = _step_images_per_s(make_student, train_set, spec, distill, seed, steps, [], None)
     cached, _ = _step_images_per_s(make_student, train_set, spec, distill, seed, steps, terms, TeacherSignals(stand_in))
-    online, _ = _step_images_per_s(make_student, train_set, spec, distill, seed, steps, terms, OnlineTeacher(teacher))
+    from benchmarks.teacher_cache_speed import LiveTeacher  # here: that module builds on this one's step timing
+
+    online, _ = _step_images_per_s(make_student, train_set, spec, distill, seed, steps, terms, LiveTeacher(teacher))
     batch = min(distill.optim.batch_size, len(train_set.labels))
     teacher_forward = measure_latency(TorchRunner(teacher, spec, threads=torch.get_num_threads()), train_set.images, batch,
                                       warmup_runs=1, timed_runs=max(3, steps)).images_per_s

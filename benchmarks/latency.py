@@ -19,8 +19,10 @@ Result file, schema_version 1 (every latency file: this machine's, a phone's via
       "skipped":  [{"backend", "precision", "reason"}]
     }
 
-Times are milliseconds per call of one batch. Tools that report only min/max/avg (ncnn's benchncnn) leave
-p50/p90/p99/std null; images_per_s is batch / p50 (or / mean where there is no p50).
+Times are milliseconds per call of one batch; peak_rss_mb - rss_before_mb is the row's resident-memory rise.
+"tool" says who timed the row: "python" (this module, through the project's runners), "benchncnn" (ncnn's
+tool: min/max/avg only, so p50/p90/p99/std are null) or "trtexec" (TensorRT's tool: p50 is its median, std
+null); "settings" holds the tool's own settings. images_per_s is batch / p50 (or / mean where there is none).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.memory import peak_memory
 from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.base import Runner
 from pipeline.artifacts import write_json_atomic
@@ -96,7 +99,7 @@ def time_batches(runner: Runner, batch: np.ndarray, warmup_runs: int, timed_runs
     """
     for _ in range(warmup_runs):
         runner.infer(batch)
-    max_runs = max(timed_runs, timed_runs * MAX_RUNS_FACTOR if min_seconds > 0 else timed_runs)
+    max_runs = timed_runs * MAX_RUNS_FACTOR if min_seconds > 0 else timed_runs
     timings: list[float] = []
     started = time.perf_counter()
     while len(timings) < timed_runs or (time.perf_counter() - started < min_seconds and len(timings) < max_runs):
@@ -138,8 +141,6 @@ def usable_thread_counts(requested: list[int], cores: int) -> tuple[list[int], l
 
 def benchmark_target(target: BenchmarkTarget, images_rgb: np.ndarray, thread_counts: list[int], settings: BenchmarkConfig) -> list[LatencyResult]:
     """Batch 1 (the latency a user feels) and the throughput batch, at each thread count, each on a fresh runner."""
-    from benchmarks.memory import peak_memory
-
     plans = ((1, settings.warmup_runs, settings.timed_runs, settings.min_timed_seconds),
              (settings.throughput_batch, 1, settings.throughput_runs, 0.0))
     results = []
@@ -171,7 +172,7 @@ def targets_from_exports(export_dir: Path, export_records: list[dict], spec: Pre
         runnable, why_not = export_format.runnable_here()
         if record["status"] != "exported":
             skipped.append({"backend": record["format"], "precision": record["precision"],
-                            "reason": f"export {record['status']}: {record.get('error', 'no files')}"})
+                            "reason": f"export {record['status']}: {record.get('error') or record.get('reason') or 'no files'}"})
         elif not runnable:
             skipped.append({"backend": record["format"], "precision": record["precision"], "reason": why_not})
         else:
@@ -236,9 +237,12 @@ def format_latency_table(results: list[LatencyResult | dict]) -> str:
 
 
 def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: PreprocessSpec, settings: BenchmarkConfig,
-                       images_rgb: np.ndarray, extra_targets: tuple[BenchmarkTarget, ...] = (), model: dict | None = None) -> dict:
-    """Every runnable export (plus `extra_targets`, e.g. PyTorch) and benchncnn where present: the result document."""
+                       images_rgb: np.ndarray, engine_dir: Path, extra_targets: tuple[BenchmarkTarget, ...] = (),
+                       model: dict | None = None) -> dict:
+    """Every runnable export (plus `extra_targets`, e.g. PyTorch), and ncnn's benchncnn and TensorRT's trtexec where
+    present (trtexec builds its engines into `engine_dir`): the result document."""
     from benchmarks.benchncnn import benchncnn_here
+    from benchmarks.trtexec import trtexec_here
     from benchmarks.host import describe_host, runtime_versions
 
     device = describe_host()
@@ -246,11 +250,19 @@ def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: Prepr
     if too_many:
         log.info("latency: %s threads left out: this machine lets the process use %d cores", too_many, device["cpu_count"])
     targets, skipped = targets_from_exports(export_dir, export_records, spec)
-    results = [result for target in [*extra_targets, *targets] for result in benchmark_target(target, images_rgb, thread_counts, settings)]
+    results = []
+    for target in [*extra_targets, *targets]:
+        try:
+            results += benchmark_target(target, images_rgb, thread_counts, settings)
+        except Exception as exc:  # noqa: BLE001 - one backend that cannot load or run must not hide the others' figures
+            log.error("latency %s/%s failed: %s", target.backend, target.precision, exc)
+            skipped.append({"backend": target.backend, "precision": target.precision, "reason": f"failed: {exc.__class__.__name__}: {exc}"})
     native_results, native_skipped = benchncnn_here(export_dir, export_records, (spec.width, spec.height, 3), thread_counts,
                                                     settings.benchncnn_loops, settings.benchncnn)
-    return latency_document([*results, *native_results], [*skipped, *native_skipped], device, runtime_versions(), model,
-                            {**settings.model_dump(mode="json"), "threads": thread_counts, "threads_left_out": too_many})
+    engine_results, engine_skipped = trtexec_here(export_dir, export_records, spec.input_name, (3, spec.height, spec.width),
+                                                  [1, settings.throughput_batch], engine_dir)
+    return latency_document([*results, *native_results, *engine_results], [*skipped, *native_skipped, *engine_skipped], device,
+                            runtime_versions(), model, {**settings.model_dump(mode="json"), "threads": thread_counts, "threads_left_out": too_many})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     model = {"name": json.loads((args.export_dir / MODEL_MANIFEST).read_text()).get("model"),
              "input_shape": [1, 3, spec.height, spec.width]}
     document = run_latency_matrix(args.export_dir, json.loads((args.export_dir / EXPORTS_FILE).read_text()), spec,
-                                  settings, images, model=model)
+                                  settings, images, args.out.parent / "engines", model=model)
     write_json_atomic(args.out, document)
     print(format_latency_table(document["results"]))
     for entry in document["skipped"]:

@@ -40,8 +40,8 @@ def plot_latency_bars(rows: list[dict], path: Path, title: str) -> Path:
         p90 = [by_label[label]["p90_ms"] for label in labels if label in by_label]
         axes.bar(xs, p50, width, label=f"{threads} thread{'s' if threads > 1 else ''}",
                  yerr=[[0] * len(p50), [b - a for a, b in zip(p50, p90)]], capsize=3)
-        for x, value in zip(xs, p50):
-            axes.annotate(f"{value:.1f}", (x, value), ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        for x, value, top in zip(xs, p50, p90):
+            axes.annotate(f"{value:.1f}", (x, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     axes.set_xticks([j + width * (len(thread_counts) - 1) / 2 for j in range(len(labels))], labels)
     axes.set_ylabel("latency, batch 1 (ms): bar p50, whisker p90")
     axes.set_title(title)
@@ -52,12 +52,16 @@ def plot_latency_bars(rows: list[dict], path: Path, title: str) -> Path:
 
 
 def plot_latency_vs_accuracy(points: list[dict], path: Path, title: str, accuracy_label: str) -> Path:
-    """One point per backend/precision: batch-1 p50 latency (x) against verification accuracy (y), labelled."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    """One point per backend/precision: batch-1 p50 latency (x) against verification accuracy (y).
+
+    Each point has its own marker and a legend entry with its values, so backends that coincide (equal
+    accuracy, similar latency) stay readable.
+    """
+    markers = "osD^vPX*<>"
+    figure, axes = plt.subplots(figsize=(8, 4.5))
     for number, point in enumerate(points):
-        axes.scatter(point["latency_ms"], point["accuracy_pct"], s=60, color=f"C{number % 10}", zorder=3)
-        axes.annotate(point["label"], (point["latency_ms"], point["accuracy_pct"]), fontsize=8,
-                      xytext=(5, 4 if number % 2 else -10), textcoords="offset points")
+        axes.scatter(point["latency_ms"], point["accuracy_pct"], s=70, color=f"C{number % 10}", marker=markers[number % len(markers)],
+                     alpha=0.85, zorder=3, label=f"{point['label']}: {point['latency_ms']:.2f} ms, {point['accuracy_pct']:.2f} %")
     axes.set_xlabel("p50 latency, batch 1, 1 thread (ms)")
     axes.set_ylabel(accuracy_label)
     axes.set_title(title)
@@ -66,6 +70,7 @@ def plot_latency_vs_accuracy(points: list[dict], path: Path, title: str, accurac
         accuracies = [p["accuracy_pct"] for p in points]
         spread = max(accuracies) - min(accuracies)
         axes.set_ylim(min(accuracies) - max(spread, 0.5) * 0.6, max(accuracies) + max(spread, 0.5) * 0.6)
-        axes.set_xlim(0, max(p["latency_ms"] for p in points) * 1.25)
+        axes.set_xlim(0, max(p["latency_ms"] for p in points) * 1.15)
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     return _save(figure, path)

@@ -252,4 +252,4 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
 
 
 def config_as_yaml(config_dump: dict) -> str:
-    return yaml.safe_load and yaml.safe_dump(config_dump, sort_keys=False)
+    return yaml.safe_dump(config_dump, sort_keys=False)

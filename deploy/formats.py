@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from torch import nn
 
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:  # only the exporters need torch: device images that just run exports have none
+    from torch import nn
 
 
 @dataclass
@@ -31,26 +34,43 @@ class ExportRequest:
     options: dict = field(default_factory=dict)
 
 
+def _always() -> tuple[bool, str]:
+    return True, ""
+
+
 @dataclass(frozen=True)
 class ExportFormat:
+    """One row: how to export, how to run, and whether this machine can do either (a "no" says why)."""
+
     name: str
     suffix: str
     precisions: tuple[str, ...]
     export: Callable[[ExportRequest], dict]  # -> record with "files": [names in out_dir], plus facts
     make_runner: Callable[[Path, dict, PreprocessSpec, int], Runner]  # (export dir, record, spec, threads)
     runnable_here: Callable[[], tuple[bool, str]]
-
-
-def _always() -> tuple[bool, str]:
-    return True, ""
+    exportable_here: Callable[[], tuple[bool, str]] = _always
+    # (export dir, record, spec, one preprocessed image batch) -> every layer's output, for localising divergence
+    layer_outputs: Callable[[Path, dict, PreprocessSpec, np.ndarray], list] | None = None
 
 
 def _export_onnx(request: ExportRequest) -> dict:
-    from deploy.export.onnx_export import export_onnx
-
     name = f"student_{request.precision}.onnx"
-    record = export_onnx(request.model, request.spec, request.out_dir / name, opset=request.opset)
+    if request.precision == "int8":
+        from deploy.export.onnx_int8 import export_onnx_int8
+
+        record = export_onnx_int8(request.model, request.spec, request.out_dir / name, _calibration(request), request.opset,
+                                  request.options.get("onnx_int8_calibration", "minmax"))
+    else:
+        from deploy.export.onnx_export import export_onnx
+
+        record = export_onnx(request.model, request.spec, request.out_dir / name, opset=request.opset)
     return {"files": [name], **record}
+
+
+def _calibration(request: ExportRequest) -> np.ndarray:
+    if request.calibration_images is None or len(request.calibration_images) == 0:
+        raise ValueError(f"an int8 export needs calibration images; none were given for {request.out_dir}")
+    return request.calibration_images
 
 
 def _onnx_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
@@ -59,10 +79,22 @@ def _onnx_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int)
     return OnnxRuntimeRunner(folder / record["files"][0], spec, record["precision"], threads)
 
 
-def _export_ncnn(request: ExportRequest) -> dict:
-    from deploy.export.ncnn_export import export_ncnn
+def _onnx_layers(folder: Path, record: dict, spec: PreprocessSpec, batch: np.ndarray) -> list:
+    from deploy.localize import onnx_layer_outputs
 
-    record = export_ncnn(request.model, request.spec, request.out_dir, request.precision)
+    return onnx_layer_outputs(folder / record["files"][0], batch)
+
+
+def _export_ncnn(request: ExportRequest) -> dict:
+    if request.precision == "int8":
+        from deploy.export.ncnn_int8 import export_ncnn_int8
+
+        record = export_ncnn_int8(request.model, request.spec, request.out_dir, _calibration(request),
+                                  float_layers=tuple(request.options.get("ncnn_int8_float_layers", ())))
+    else:
+        from deploy.export.ncnn_export import export_ncnn
+
+        record = export_ncnn(request.model, request.spec, request.out_dir, request.precision)
     return {"files": [Path(record["param"]).name, Path(record["bin"]).name],
             **{k: v for k, v in record.items() if k not in {"param", "bin", "precision"}}}
 
@@ -75,13 +107,21 @@ def _ncnn_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int)
                       record.get("input_blob"), record.get("output_blob"))
 
 
+def _ncnn_layers(folder: Path, record: dict, spec: PreprocessSpec, batch: np.ndarray) -> list:
+    from deploy.localize import ncnn_layer_outputs
+
+    param, weights = record["files"]
+    return ncnn_layer_outputs(folder / param, folder / weights, spec, record["precision"], batch)
+
+
 def _export_coreml(request: ExportRequest) -> dict:
     """Convert, then validate what Linux can validate (names, shapes, preprocessing, precision) at once."""
     from deploy.export.coreml_export import export_coreml
     from deploy.runners.coreml_runner import validate_coreml_package
 
     name = f"student_{request.precision}.mlpackage"
-    record = export_coreml(request.model, request.spec, request.out_dir / name, request.precision)
+    record = export_coreml(request.model, request.spec, request.out_dir / name, request.precision,
+                           max_batch=request.options.get("max_batch", 64))
     facts = validate_coreml_package(request.out_dir / name, request.spec, request.precision)
     return {"files": [name], "validated": {k: facts[k] for k in ("input_shape", "output_shape", "precision") if k in facts},
             **{k: v for k, v in record.items() if k not in {"path", "precision"}}}
@@ -99,10 +139,35 @@ def _coreml_runnable() -> tuple[bool, str]:
     return coreml_prediction_available()
 
 
+def _export_tensorrt(request: ExportRequest) -> dict:
+    from deploy.export.tensorrt_export import export_tensorrt
+
+    options = request.options
+    return export_tensorrt(request.model, request.spec, request.out_dir, request.precision,
+                           request.calibration_images if request.precision == "int8" else None, request.opset,
+                           max_batch=options.get("max_batch", 64), opt_batch=options.get("tensorrt_opt_batch", 1),
+                           workspace_mib=options.get("tensorrt_workspace_mib", 1024))
+
+
+def _tensorrt_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+    from deploy.runners.tensorrt_runner import TensorRTRunner
+
+    return TensorRTRunner(folder / record["files"][0], spec, record["precision"], threads)
+
+
+def _tensorrt_available() -> tuple[bool, str]:
+    from deploy.export.tensorrt_export import tensorrt_available
+
+    return tensorrt_available()
+
+
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", ("fp32",), _export_onnx, _onnx_runner, _always),
-    "ncnn": ExportFormat("ncnn", ".ncnn.param", ("fp32", "fp16"), _export_ncnn, _ncnn_runner, _always),
+    "onnx": ExportFormat("onnx", ".onnx", ("fp32", "int8"), _export_onnx, _onnx_runner, _always, layer_outputs=_onnx_layers),
+    "ncnn": ExportFormat("ncnn", ".ncnn.param", ("fp32", "fp16", "int8"), _export_ncnn, _ncnn_runner, _always,
+                         layer_outputs=_ncnn_layers),
     "coreml": ExportFormat("coreml", ".mlpackage", ("fp32", "fp16"), _export_coreml, _coreml_runner, _coreml_runnable),
+    "tensorrt": ExportFormat("tensorrt", ".engine", ("fp32", "fp16", "int8"), _export_tensorrt, _tensorrt_runner,
+                             _tensorrt_available, exportable_here=_tensorrt_available),
 }
 
 

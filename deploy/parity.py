@@ -2,6 +2,10 @@
 
 Tensor agreement alone can hide a metric change and vice versa (mmdeploy's lesson), so both gates apply:
 cosine >= min_cosine on every image, and |verification accuracy delta| <= max_accuracy_delta_points.
+
+Statuses: "pass", "fail" (could run, missed a gate), "error" (could not export or run), "skipped" (cannot run
+on this machine; the reason says why), and "dropped": an INT8 variant that missed its gate when it was
+exported and so was not kept (the issue's "kept only if it passes"); a dropped variant does not fail the run.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ WORST_IMAGES_LISTED = 5
 class ParityResult:
     backend: str
     precision: str
-    status: str  # "pass" | "fail" | "skipped" | "error"
+    status: str  # "pass" | "fail" | "skipped" | "error" | "dropped"
     reason: str = ""
     num_images: int = 0
     cosine_min: float | None = None
@@ -33,6 +37,8 @@ class ParityResult:
     worst_images: list[dict] = field(default_factory=list)
     gate: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    bytes: int | None = None  # size of the exported files
+    first_divergent_layer: dict | None = None  # deploy.localize.Divergence.to_dict() when numeric parity failed
 
     @property
     def label(self) -> str:

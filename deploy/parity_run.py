@@ -1,19 +1,36 @@
-"""Run the parity gate over every exported artifact: one result per format x precision, never silently dropped."""
+"""Run the parity gate over every exported artifact: one result per format x precision, never silently dropped.
+
+When a backend fails the numeric gate and its format can list layer outputs (ONNX, ncnn), the worst image is
+run through PyTorch and the backend layer by layer, and the first divergent layer goes into the result (and a
+one-line summary into its reason).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from deploy.formats import get_format
 from deploy.parity import ParityResult, check_parity, skipped
 from deploy.preprocess import PreprocessSpec
-from pipeline.config import ParityConfig
+from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
 
+if TYPE_CHECKING:
+    from torch import nn
+
 log = logging.getLogger(__name__)
+
+
+def parity_subset(pairs: VerificationPairs, reference: np.ndarray, max_images: int | None) -> tuple[VerificationPairs, np.ndarray]:
+    """The first `max_images` images (whole pairs) of the verification set, and their reference embeddings."""
+    limit = max_images or len(pairs.images)
+    limit = min(limit, len(pairs.images))
+    limit -= limit % 2
+    return VerificationPairs(np.asarray(pairs.images[:limit]), pairs.issame[: limit // 2], pairs.name), reference[:limit]
 
 
 def parity_for_exports(
@@ -24,39 +41,99 @@ def parity_for_exports(
     reference: np.ndarray,
     parity: ParityConfig,
     threads: int = 1,
+    model: nn.Module | None = None,
 ) -> list[ParityResult]:
-    """Embed `pairs` with each exported model's runner and gate it against the PyTorch `reference` embeddings."""
-    limit = parity.max_images or len(pairs.images)
-    limit -= limit % 2
-    images, reference = np.asarray(pairs.images[:limit]), reference[:limit]
-    subset = VerificationPairs(images, pairs.issame[: limit // 2], pairs.name)
-    results = []
-    for record in records:
-        backend, precision = record["format"], record["precision"]
-        if record.get("status") != "exported":
-            results.append(ParityResult(backend, precision, "error", f"export failed: {record.get('error', 'unknown error')}"))
-            continue
-        export_format = get_format(backend)
-        runnable, why_not = export_format.runnable_here()
-        if not runnable:
-            if record.get("validated"):
-                facts = ", ".join(f"{k} {v}" for k, v in record["validated"].items())
-                why_not = f"prediction skipped: {why_not}; package validated ({facts}, preprocessing metadata)"
-            results.append(skipped(backend, precision, why_not))
-            log.info("parity %s/%s: skipped: %s", backend, precision, why_not)
-            continue
-        gate = parity.gates.get(precision)
-        if gate is None:
-            results.append(ParityResult(backend, precision, "error", f"no parity gate configured for precision {precision!r}"))
-            continue
+    """Embed `pairs` with each exported model's runner and gate it against the PyTorch `reference` embeddings.
+
+    `model` (the PyTorch student) enables localising the first divergent layer of a failing backend.
+    """
+    subset, reference = parity_subset(pairs, reference, parity.max_images)
+    return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model) for record in records]
+
+
+def parity_for_record(
+    export_dir: Path,
+    record: dict,
+    spec: PreprocessSpec,
+    subset: VerificationPairs,
+    reference: np.ndarray,
+    parity: ParityConfig,
+    threads: int = 1,
+    model: nn.Module | None = None,
+) -> ParityResult:
+    """One export record -> one result, whatever happened to it (exported, skipped, dropped, failed)."""
+    backend, precision = record["format"], record["precision"]
+    status = record.get("status")
+    if status == "dropped":
+        return dropped_result(record)
+    if status == "skipped":
+        return skipped(backend, precision, record.get("reason", "export skipped"))
+    if status != "exported":
+        return ParityResult(backend, precision, "error", f"export failed: {record.get('error', 'unknown error')}")
+    export_format = get_format(backend)
+    runnable, why_not = export_format.runnable_here()
+    if not runnable:
+        if record.get("validated"):
+            facts = ", ".join(f"{k} {v}" for k, v in record["validated"].items())
+            why_not = f"prediction skipped: {why_not}; package validated ({facts}, preprocessing metadata)"
+        log.info("parity %s/%s: skipped: %s", backend, precision, why_not)
+        result = skipped(backend, precision, why_not)
+        result.bytes = record.get("bytes")
+        return result
+    gate = parity.gates.get(precision)
+    if gate is None:
+        return ParityResult(backend, precision, "error", f"no parity gate configured for precision {precision!r}")
+    try:
         runner = export_format.make_runner(export_dir, record, spec, threads)
         try:
-            candidate = runner.embed(images, batch_size=32, progress=True)
+            candidate = runner.embed(subset.images, batch_size=32, progress=True)
         finally:
             runner.close()
-        result = check_parity(backend, precision, reference, candidate, subset, gate)
-        log.info("parity %s: %s (cos min %.6f, mean %.6f, max abs %.2e, accuracy delta %+.2f pts)%s", result.label, result.status,
-                 result.cosine_min, result.cosine_mean, result.max_abs_diff, result.accuracy_delta_points,
-                 f": {result.reason}" if result.reason else "")
-        results.append(result)
-    return results
+    except Exception as error:  # a runner that cannot load or run the export is a result, not a crash
+        log.error("parity %s/%s: %s", backend, precision, error)
+        return ParityResult(backend, precision, "error", f"could not run the export: {type(error).__name__}: {error}")
+    result = check_parity(backend, precision, reference, candidate, subset, gate)
+    result.bytes = record.get("bytes")
+    if result.cosine_min is not None and result.cosine_min < gate.min_cosine and parity.localize:
+        _localise(result, export_dir, record, spec, subset, gate, model)
+    log.info("parity %s: %s (cos min %.6f, mean %.6f, max abs %.2e, accuracy delta %+.2f pts)%s", result.label, result.status,
+             result.cosine_min, result.cosine_mean, result.max_abs_diff, result.accuracy_delta_points,
+             f": {result.reason}" if result.reason else "")
+    return result
+
+
+def _localise(result: ParityResult, export_dir: Path, record: dict, spec: PreprocessSpec, subset: VerificationPairs,
+              gate: GateConfig, model: nn.Module | None) -> None:
+    """Name the first layer that diverges on the worst image, where the format can list its layer outputs."""
+    export_format = get_format(record["format"])
+    if export_format.layer_outputs is None or model is None:
+        why = "the format lists no layer outputs" if model is not None else "no PyTorch model given"
+        result.details["localisation"] = f"not attempted: {why}"
+        return
+    from deploy.localize import first_divergent_layer
+
+    worst = int(result.worst_images[0]["image"])
+    try:
+        divergence = first_divergent_layer(
+            model, lambda batch: export_format.layer_outputs(export_dir, record, spec, batch), subset.images[worst], spec,
+            gate.min_cosine, image_label=worst,
+        )
+    except Exception as error:  # localisation is a diagnosis; its failure must not hide the parity result
+        log.warning("localisation of %s failed: %s", result.label, error)
+        result.details["localisation"] = f"failed: {type(error).__name__}: {error}"
+        return
+    result.first_divergent_layer = divergence.to_dict()
+    result.reason = f"{result.reason}; {divergence.summary()} (image {worst})" if result.reason else divergence.summary()
+    log.info("parity %s: %s", result.label, divergence.summary())
+
+
+def dropped_result(record: dict) -> ParityResult:
+    """The parity row of an INT8 export that failed its gate at export time and was not kept."""
+    gate_result = dict(record.get("gate_result") or {})
+    keep = {key: gate_result.get(key) for key in (
+        "num_images", "cosine_min", "cosine_mean", "max_abs_diff", "accuracy_reference", "accuracy_backend",
+        "accuracy_delta_points", "worst_images", "gate", "first_divergent_layer")}
+    keep = {key: value for key, value in keep.items() if value is not None}
+    # The report renders "<status>: <reason>", so the row reads "dropped: failed int8 gate (cos min ..., ...)".
+    return ParityResult(record["format"], record["precision"], "dropped", record.get("reason", "failed its gate at export"),
+                        bytes=record.get("bytes"), **keep)

@@ -10,12 +10,17 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: mkstemp creates files 0600, artifacts get the mode a plain open() would give
 
 
 class ArtifactWriteError(DataError):
@@ -43,16 +48,26 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
         if temp_path.is_file():
             with open(temp_path, "rb+") as written:
                 os.fsync(written.fileno())
+            os.chmod(temp_path, 0o666 & ~_UMASK)
         os.replace(temp_path, final_path)
         _fsync_dir(final_path.parent)
     except OSError as exc:
         code = errno.errorcode.get(exc.errno or 0, "")
         other_file = f": {exc.filename}" if exc.filename and str(exc.filename) != str(temp_path) else ""
         reason = f"{exc.strerror or exc}{f' [{code}]' if code else ''}{other_file}"
-        raise ArtifactWriteError(final_path, f"could not write it ({reason}); the previous version, if any, is intact") from exc
+        raise ArtifactWriteError(final_path, f"could not write it ({reason}{_free_space(final_path.parent)}); "
+                                 "the previous version, if any, is intact") from exc
     finally:
         if temp_path is not None and temp_path.is_file():
             temp_path.unlink()
+
+
+def _free_space(folder: Path) -> str:
+    """", N MiB free there": tells a full disk from a quota or a file-size limit."""
+    try:
+        return f", {shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return ""
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -24,12 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="default", help="configs/<name>.yaml or a path to a YAML file")
     run.add_argument("--runs-dir", default="runs", type=Path, help="where runs/<run-name>/<stage>/ are written")
     run.add_argument("--run-name", help="override the profile's run_name")
-    run.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="rerun this stage and every later one")
+    run.add_argument("--from", dest="from_stage", choices=STAGE_NAMES, help="rerun this stage and every later one from scratch (their checkpoints are discarded)")
     run.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
-    run.add_argument("--force", action="store_true", help="rerun every stage, ignoring the cache")
+    run.add_argument("--force", action="store_true", help="rerun every stage from scratch, ignoring the cache and checkpoints; "
+                     "without it, a rerun after a kill or Ctrl-C resumes from the last checkpoint")
     run.add_argument("--teacher-checkpoint", type=Path, help="use this trained teacher (safetensors or torch weights) instead of training one")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set distill.optim.epochs=2 (value parsed as JSON when it can be)")
+    from pipeline.align.cli import add_align_parser
+
+    add_align_parser(commands)
     return parser
 
 
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopRequest()
     try:
         with handle_stop_signals() as stop:
+            if args.command == "align":
+                from pipeline.align.cli import run_align
+
+                return run_align(args)
             return run_command(args)
     except PipelineError as exc:
         if stop.signal is not None:  # training checkpointed and stopped, or the runner stopped between stages

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -30,6 +30,19 @@ class SyntheticDataConfig(Section):
     nuisance_strength: float = Field(1.0, ge=0.0, description="scales pose/lighting/blur/noise/JPEG; 0 = clean frontal faces")
 
 
+DATA_ROOT_PLACEHOLDER = "${FACE_DATA_ROOT}"
+
+
+def expand_data_root(path: str | None) -> str | None:
+    """`${FACE_DATA_ROOT}` in a data path -> the real-data root: $FACE_DATA_ROOT, else shared/data beside the repository
+    (so a profile such as configs/real.yaml works from any working directory). Other paths are left as given."""
+    if path is None or DATA_ROOT_PLACEHOLDER not in path:
+        return path
+    from pipeline.data.real_data import expected_real_data_root
+
+    return path.replace(DATA_ROOT_PLACEHOLDER, str(expected_real_data_root()))
+
+
 class VerificationSetConfig(Section):
     """A user's verification set: an insightface .bin, or an LFW-style pairs.txt over an image folder."""
 
@@ -37,6 +50,8 @@ class VerificationSetConfig(Section):
     path: str
     image_root: str | None = None
     name: str | None = None
+
+    _paths_expanded = field_validator("path", "image_root")(expand_data_root)
 
 
 class DataConfig(Section):
@@ -46,6 +61,10 @@ class DataConfig(Section):
     verification: list[VerificationSetConfig] = []
     image_size: int = 112
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    min_images_per_identity: int = Field(1, ge=1, description="user data: drop identities with fewer training images")
+    max_identities: int | None = Field(None, ge=2, description="user data: keep only the first N identities (by label) left")
+
+    _train_path_expanded = field_validator("train_path")(expand_data_root)
 
 
 class MarginConfig(Section):
@@ -72,8 +91,21 @@ class TeacherConfig(Section):
     model: str = "vit_face_tiny"
     model_args: dict[str, Any] = {}
     checkpoint: str | None = None
+    checkpoint_format: Literal["native", "insightface_vit"] = Field(
+        "native", description="native: this project's FaceViT weights; insightface_vit: an arcface_torch ViT (model insightface_vit_*)")
     margin: MarginConfig = MarginConfig()
     optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="after")
+    def _insightface_checkpoint_needs_its_model(self) -> TeacherConfig:
+        if self.checkpoint_format == "insightface_vit":
+            from pipeline.models.insightface_vit import INSIGHTFACE_VIT_MODELS  # torch: imported only when asked for
+
+            if self.model not in INSIGHTFACE_VIT_MODELS:
+                raise ValueError(f"checkpoint_format insightface_vit needs model one of {', '.join(INSIGHTFACE_VIT_MODELS)}, got {self.model!r}")
+            if not self.checkpoint:
+                raise ValueError("checkpoint_format insightface_vit needs teacher.checkpoint (or --teacher-checkpoint PATH)")
+        return self
 
 
 class StudentConfig(Section):
@@ -132,6 +164,8 @@ class AblationConfig(Section):
 
 
 class DistillConfig(Section):
+    """The student's training: its objective (`losses`, optional `apt`), margin, optimiser, and the ablation's variants."""
+
     losses: list[LossConfig] = [LossConfig(name="embedding_kd", weight=1.0)]
     apt: APTConfig | None = None
     margin: MarginConfig = MarginConfig()
@@ -158,11 +192,21 @@ class ParityConfig(Section):
         "int8": GateConfig(min_cosine=0.98, max_accuracy_delta_points=1.0),
     }
     max_images: int | None = Field(None, ge=2, description="parity on the first N verification images only")
+    localize: bool = Field(True, description="on a numeric failure, name the first layer that diverges (ONNX, ncnn)")
 
 
 class ExportConfig(Section):
+    """Formats as "name" (every precision the format has) or "name:p1,p2"; see deploy/formats.py for the table."""
+
     opset: int = Field(17, ge=17)
     formats: list[str] = ["onnx"]
+    max_batch: int = Field(64, ge=1, description="upper end of the dynamic batch range (CoreML, TensorRT)")
+    calibration_images: int = Field(64, ge=1, description="training images every INT8 variant calibrates on")
+    onnx_int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    ncnn_int8_float_layers: list[str] = Field([], description="ncnn layer names kept fp32 in the int8 model")
+    int8_gate: bool = Field(True, description="drop an INT8 export that fails parity.gates.int8 instead of shipping it")
+    tensorrt_opt_batch: int = Field(1, ge=1, description="the batch TensorRT tunes kernels for")
+    tensorrt_workspace_mib: int = Field(1024, ge=16)
 
 
 class BenchmarkConfig(Section):
@@ -197,13 +241,18 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}: {str(exc).splitlines()[0]})") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as UTF-8 text ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+        try:
+            _set_dotted(raw, dotted, value)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: override {dotted}: {exc}") from None
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -223,4 +272,6 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for key in keys[:-1]:
         tree = tree.setdefault(key, {})
+        if not isinstance(tree, dict):
+            raise TypeError(f"{key} holds {tree!r}, not a section")
     tree[keys[-1]] = value

@@ -26,6 +26,22 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
     return model.eval()
 
 
+def input_sensitive_student(width: float = 0.25, seed: int = 0) -> torch.nn.Module:
+    """A random MobileFaceNet whose embedding depends on its input, as a trained one's does.
+
+    With the default fan-out init a random network's signal shrinks layer by layer until the BatchNorm biases
+    decide the output, so any conversion error upstream is invisible; fan-in init keeps unit variance.
+    """
+    from pipeline.models.registry import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("mobilefacenet", width=width)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
+    return randomise_batchnorm(model, seed)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the whole pipeline once on the tiny profile; tests read its artifacts."""

@@ -13,7 +13,7 @@ from deploy.export.coreml_export import export_coreml
 from deploy.export.ncnn_export import export_ncnn
 from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.coreml_runner import CoreMLRunner, coreml_prediction_available, validate_coreml_package
-from deploy.runners.ncnn_runner import NcnnRunner, io_blob_names, list_blobs
+from deploy.runners.ncnn_runner import NcnnRunner, io_blob_names, list_blobs, read_param_layers
 from pipeline.models.registry import create_model
 
 SPEC = PreprocessSpec()
@@ -98,6 +98,22 @@ def test_ncnn_blobs_parse_and_extract(ncnn_exports, face_images):
     blobs = runner.extract_blobs(image, [first_conv_output, export["output_blob"]])
     assert blobs[first_conv_output].ndim == 3 and blobs[first_conv_output].shape[1:] == (56, 56)
     np.testing.assert_allclose(blobs[export["output_blob"]].reshape(1, -1), runner.infer(image[None]), atol=1e-6)
+
+
+def test_ncnn_layer_params_parse(ncnn_exports, student):
+    layers = read_param_layers(ncnn_exports["fp32"]["param"])
+    first_conv = next(layer for layer in layers if layer.layer_type == "Convolution")
+    torch_conv = student.stem[0][0]
+    assert first_conv.param_int(0) == torch_conv.out_channels  # num_output
+    assert first_conv.param_int(6) == torch_conv.weight.numel()  # weight_data_size
+    assert first_conv.param_int(3) == torch_conv.stride[0]
+    assert first_conv.param_int(8) == 0 and first_conv.param_int(8, 7) == 7  # absent: ncnn's default applies
+
+
+def test_ncnn_runner_rejects_unknown_precision(ncnn_exports):
+    export = ncnn_exports["fp32"]
+    with pytest.raises(ValueError, match="bf16"):
+        NcnnRunner(export["param"], export["bin"], SPEC, precision="bf16")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

@@ -45,7 +45,24 @@ def export_ncnn_int8(
     name: str = "student",
     float_layers: tuple[str, ...] = (),
 ) -> dict:
-    """Export fp32 with pnnx, calibrate on `calibration_images` (uint8 RGB faces), write student_int8.ncnn.*.
+    """Export fp32 with pnnx into a temp folder, then quantise it into `out_dir` (see `quantise_ncnn_export`)."""
+    with tempfile.TemporaryDirectory(prefix="ncnn-int8-") as work:
+        fp32 = export_ncnn(model, spec, Path(work), "fp32", name)
+        record = quantise_ncnn_export(fp32["param"], fp32["bin"], spec, out_dir, calibration_images, name, float_layers)
+    return {**record, "export_seconds": round(record["export_seconds"] + fp32["export_seconds"], 3),
+            "pnnx_version": fp32["pnnx_version"]}
+
+
+def quantise_ncnn_export(
+    fp32_param: Path,
+    fp32_bin: Path,
+    spec: PreprocessSpec,
+    out_dir: Path,
+    calibration_images: np.ndarray,
+    name: str = "student",
+    float_layers: tuple[str, ...] = (),
+) -> dict:
+    """Calibrate the fp32 ncnn model on `calibration_images` (uint8 RGB faces), write <name>_int8.ncnn.param/.bin.
 
     `float_layers` names ncnn layers to leave in fp32 (mixed precision), e.g. a first or last layer whose
     quantisation costs the most accuracy.
@@ -53,16 +70,14 @@ def export_ncnn_int8(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     param_name, bin_name = ncnn_file_names(name, "int8")
-    with tempfile.TemporaryDirectory(prefix="ncnn-int8-") as work:
-        fp32 = export_ncnn(model, spec, Path(work), "fp32", name)
-        fp32_model = read_ncnn_model(fp32["param"], fp32["bin"])
-        activation_scales = calibrate_activation_scales(fp32["param"], fp32["bin"], spec, calibration_images, float_layers)
+    fp32_model = read_ncnn_model(fp32_param, fp32_bin)
+    activation_scales = calibrate_activation_scales(fp32_param, fp32_bin, spec, calibration_images, float_layers)
     int8_model, quantised = quantise_ncnn_model(fp32_model, activation_scales)
     param_path, bin_path = out_dir / param_name, out_dir / bin_name
     write_ncnn_model(int8_model, param_path, bin_path)
     input_blob, output_blob = io_blob_names(param_path)
     seconds = time.perf_counter() - started
-    logger.info("ncnn int8 export: %d of %d layers quantised, calibrated on %d images, %s (%d B) in %.1f s",
+    logger.info("ncnn int8: %d of %d layers quantised, calibrated on %d images, %s (%d B) in %.1f s",
                 len(quantised), sum(e.layer_type in QUANTISABLE_LAYERS for e in fp32_model.layers), len(calibration_images),
                 bin_path, bin_path.stat().st_size, seconds)
     return {
@@ -79,7 +94,6 @@ def export_ncnn_int8(
         "param_bytes": param_path.stat().st_size,
         "bin_bytes": bin_path.stat().st_size,
         "export_seconds": round(seconds, 3),
-        "pnnx_version": fp32["pnnx_version"],
     }
 
 

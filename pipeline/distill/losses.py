@@ -61,6 +61,7 @@ class LossContext:
     student_shapes: dict[str, tuple[int, int, int]]  # tap -> (C, H, W)
     teacher_shapes: dict[str, tuple[int, int, int]]  # tap -> (grid_h, grid_w, C)
     teacher_head: CombinedMarginHead | None = None
+    teacher_extent: float = 1.0  # fraction of the face side the teacher's patch grid covers
     student_description: str = "student"
     teacher_description: str = "teacher"
 

@@ -40,9 +40,17 @@ def teacher_token_shapes(teacher: nn.Module | None) -> dict[str, tuple[int, int,
     return {f"blocks.{i}": (teacher.grid_size, teacher.grid_size, teacher.width) for i in range(len(teacher.vit.blocks))}
 
 
+def teacher_extent(teacher: nn.Module | None) -> float:
+    """Fraction of the face side a ViT's patch grid covers (< 1 when the input is not a multiple of the patch)."""
+    if not isinstance(teacher, FaceViT):
+        return 1.0
+    embed = teacher.vit.patch_embed
+    return teacher.grid_size * embed.patch_size[0] / embed.img_size[0]
+
+
 def loss_context(student: nn.Module, input_size: int, teacher: nn.Module | None, teacher_head: CombinedMarginHead | None) -> LossContext:
     return LossContext(
-        student_feature_shapes(student, input_size), teacher_token_shapes(teacher), teacher_head,
+        student_feature_shapes(student, input_size), teacher_token_shapes(teacher), teacher_head, teacher_extent(teacher),
         student_description=f"student {type(student).__name__}", teacher_description=f"teacher {type(teacher).__name__}",
     )
 

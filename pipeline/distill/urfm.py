@@ -41,10 +41,14 @@ from pipeline.errors import ConfigError
 _EDGE = 1e-6  # a pixel exactly on a window's edge belongs to it
 
 
-def grid_positions(height: int, width: int) -> torch.Tensor:
-    """(height*width, 2) (y, x) centres of a feature map's pixels, in face coordinates [0, 1]."""
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+def grid_positions(height: int, width: int, extent: float = 1.0) -> torch.Tensor:
+    """(height*width, 2) (y, x) centres of a feature map's pixels, in face coordinates [0, 1].
+
+    `extent` is the fraction of the face side the grid spans from the top-left corner (arcface_torch's patch-9 ViT
+    tiles only 108 of 112 pixels: extent 108/112).
+    """
+    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * extent
+    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * extent
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
 
@@ -83,10 +87,11 @@ class LocalCentres(nn.Module):
 class ReceptiveFieldMapper(nn.Module):
     """One network's (B, P, C) pixel features on an (h, w) grid -> (B, K, width) local features, one per centre."""
 
-    def __init__(self, centres: LocalCentres, in_channels: int, grid_hw: tuple[int, int], value: nn.Module, attn_dim: int, name: str):
+    def __init__(self, centres: LocalCentres, in_channels: int, grid_hw: tuple[int, int], value: nn.Module, attn_dim: int, name: str,
+                 extent: float = 1.0):
         super().__init__()
         height, width = grid_hw
-        positions = grid_positions(height, width)
+        positions = grid_positions(height, width, extent)
         mask = centres.region_mask(positions)
         empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
         if empty:
@@ -126,7 +131,8 @@ class FixedProjection(nn.Module):
 class URFMLoss(DistillLoss):
     """Align the teacher's and the student's local features of unified receptive fields (see the module docstring).
 
-    `student_shape` is the student tap's (C, H, W); `teacher_shape` the teacher tap's (grid_h, grid_w, C).
+    `student_shape` is the student tap's (C, H, W); `teacher_shape` the teacher tap's (grid_h, grid_w, C);
+    `teacher_extent` the fraction of the face side the teacher's patch grid covers (see `grid_positions`).
     """
 
     requires = frozenset({TEACHER_TOKENS, STUDENT_FEATURES})
@@ -142,6 +148,7 @@ class URFMLoss(DistillLoss):
         region: float | None = None,
         dim: int | None = None,
         encoding_resolution: int = 14,
+        teacher_extent: float = 1.0,
     ):
         super().__init__()
         for label, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
@@ -156,13 +163,16 @@ class URFMLoss(DistillLoss):
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.centres = LocalCentres(grid, attn_dim, 2.0 / grid if region is None else float(region), encoding_resolution)
         teacher_value = nn.Identity() if width == teacher_channels else FixedProjection(teacher_channels, width)
-        self.teacher_map = ReceptiveFieldMapper(self.centres, teacher_channels, (teacher_h, teacher_w), teacher_value, attn_dim, f"teacher tap {teacher_tap!r}")
+        self.teacher_map = ReceptiveFieldMapper(
+            self.centres, teacher_channels, (teacher_h, teacher_w), teacher_value, attn_dim, f"teacher tap {teacher_tap!r}", teacher_extent
+        )
         self.student_map = ReceptiveFieldMapper(
             self.centres, student_channels, (student_h, student_w), nn.Linear(student_channels, width), attn_dim, f"student tap {student_tap!r}"
         )
 
     @classmethod
     def from_context(cls, context: LossContext, student_tap: str = "stages.2", teacher_tap: str = "blocks.5", **args: Any) -> URFMLoss:
+        args.setdefault("teacher_extent", context.teacher_extent)
         return cls(student_tap, teacher_tap, context.student_shape(student_tap), context.teacher_shape(teacher_tap), **args)
 
     def map_teacher(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad or unsafe file
         raise DataError(path, f"cannot load checkpoint safely ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
-    for key in ("state_dict", "model", "trainable"):
+    for key in ("state_dict", "model", "trainable", "state_dict_backbone"):  # the last: arcface_torch checkpoint_gpu_*.pt
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):

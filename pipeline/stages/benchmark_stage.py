@@ -36,7 +36,8 @@ def run_benchmark_stage(context: StageContext) -> None:
                               path_size(distill_dir / "student.safetensors"))
     model = {"name": config.student.model, "model_args": dict(config.student.model_args),
              **model_complexity(load_model(distill_dir, "student"), (1, 3, spec.height, spec.width))}
-    document = run_latency_matrix(export_dir, read_json(export_dir / EXPORTS_FILE), spec, settings, images, (pytorch,), model)
+    document = run_latency_matrix(export_dir, read_json(export_dir / EXPORTS_FILE), spec, settings, images,
+                                  context.work_dir / "engines", (pytorch,), model)
     write_json(context.out_dir, LATENCY_FILE, document)
     print(format_latency_table(document["results"]))
     for entry in document["skipped"]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import DataConfig, RunConfig
 from pipeline.data.arrays import FaceArrays, VerificationPairs
 from pipeline.data.store import save_training_set, save_verification_set
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, DataError
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,7 @@ def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]
         return train_set, verification
     if data.train_path is None:
         raise ConfigError(f"data.source is {data.source!r} but data.train_path is not set")
+    check_real_data_paths(data)
     if data.source == "image_folder":
         from pipeline.data.image_folder import load_image_folder
 
@@ -35,10 +38,38 @@ def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]
         from pipeline.data.recordio import load_recordio
 
         train_set = load_recordio(Path(data.train_path), size=size, max_bad_fraction=data.max_bad_fraction)
+    train_set = select_identities(train_set, data.min_images_per_identity, data.max_identities)
     verification = load_user_verification_sets(data, size)
     if not verification:
         raise ConfigError("data.verification is empty: a user data source needs at least one verification set")
     return train_set, verification
+
+
+def select_identities(faces: FaceArrays, min_images: int, max_identities: int | None) -> FaceArrays:
+    """Identities with at least `min_images` images, the first `max_identities` of them by label, relabelled 0..C-1."""
+    counts = np.bincount(faces.labels, minlength=faces.num_identities)
+    kept = np.flatnonzero(counts >= min_images)[:max_identities]
+    if len(kept) == len(counts):
+        return faces
+    if len(kept) == 0:
+        raise ConfigError(f"data.min_images_per_identity {min_images}: no training identity has that many images")
+    new_label = np.full(len(counts), -1, dtype=np.int64)
+    new_label[kept] = np.arange(len(kept))
+    rows = np.flatnonzero(new_label[faces.labels] >= 0)
+    log.info("data: kept %d of %d identities (min %d images, max %s identities)", len(kept), len(counts), min_images, max_identities)
+    return FaceArrays(faces.images[rows], new_label[faces.labels[rows]])
+
+
+def check_real_data_paths(data: DataConfig) -> None:
+    """A missing path under the real-data root (${FACE_DATA_ROOT}) fails naming the variable that points there."""
+    from pipeline.data.real_data import expected_real_data_root
+
+    root = expected_real_data_root()
+    paths = [data.train_path] + [p for entry in data.verification for p in (entry.path, entry.image_root) if p]
+    for path in paths:
+        if Path(path).is_relative_to(root) and not Path(path).exists():
+            raise DataError(path, f"does not exist: the real face data root {root} (FACE_DATA_ROOT, default shared/data "
+                                  "beside the repository) does not hold it; set FACE_DATA_ROOT to the folder with lfw/")
 
 
 def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list[VerificationPairs]:

@@ -6,7 +6,7 @@ writes into a staging folder that replaces the old results only on success, so a
 earlier results, and long stages keep resumable work (checkpoints) in runs/<run>/work/<stage>/. That work is
 tagged with the stage's fingerprint and discarded when the fingerprint changes or the stage is forced, so a
 checkpoint trained under another config is never resumed. A stop signal (see `pipeline.interrupts`) stops the
-run before the next stage.
+run before the next stage. Each stage starts from the run's seed, so its numbers do not depend on what ran before.
 """
 
 from __future__ import annotations
@@ -160,6 +160,7 @@ class StageRunner:
         started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         started = time.perf_counter()
         try:
+            seed_global_rngs(self.config.seed)
             stage.run(context)
         except BaseException:
             if stop_requested():
@@ -215,6 +216,19 @@ class StageRunner:
             final.rename(retired)
         staging.rename(final)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Every stage starts from the same global RNG state, so weights a stage initialises (e.g. a model built before
+    its trainer seeds) do not depend on which stages ran, or were cached, earlier in the same process."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def library_versions() -> dict[str, str]:

@@ -47,7 +47,8 @@ class StudentJob:
     config: RunConfig
     data_dir: Path
     teacher_dir: Path | None  # None: no teacher (the baseline)
-    work_dir: Path  # checkpoints and the teacher-signal cache
+    work_dir: Path  # checkpoints
+    cache_dir: Path  # the teacher-signal cache, shared by every student trained on the same data and teacher
     out_dir: Path
     cache_key: str  # hash of the data and teacher outputs: names the teacher-signal cache files
     seed: int
@@ -56,6 +57,7 @@ class StudentJob:
 def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict:
     """Train a student with `objective`, write <stem>.safetensors/.json, its head and history; return its summary."""
     config = job.config
+    torch.manual_seed(job.seed)  # every objective trained with one seed starts from the same student weights
     student = create_model(config.student.model, **config.student.model_args)
     train_set = load_training_set(job.data_dir)
     teacher_model = teacher_head = None
@@ -99,7 +101,7 @@ def load_teacher_head(teacher_dir: Path, config: RunConfig, teacher: nn.Module, 
 def _stage_job(context: StageContext, teacher: bool) -> StudentJob:
     config = context.config
     return StudentJob(
-        config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, context.work_dir, context.out_dir,
+        config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, context.work_dir, context.work_dir, context.out_dir,
         sha256_json({"teacher": context.extra_inputs.get("teacher"), "data": context.extra_inputs["data"]})[:16], config.seed,
     )
 
@@ -115,13 +117,13 @@ def run_distill_stage(context: StageContext) -> None:
 
 def teacher_signals(job: StudentJob, teacher: nn.Module, taps: list[str], images: np.ndarray) -> TeacherSignals:
     """Frozen-teacher embeddings (and tokens at `taps`) of every training image and its mirror, cached or computed now."""
-    embeddings_path = job.work_dir / f"teacher_embeddings_{job.cache_key}.npy"
-    token_paths = {tap: job.work_dir / f"teacher_tokens_{tap}_{job.cache_key}.npy" for tap in taps}
+    embeddings_path = job.cache_dir / f"teacher_embeddings_{job.cache_key}.npy"
+    token_paths = {tap: job.cache_dir / f"teacher_tokens_{tap}_{job.cache_key}.npy" for tap in taps}
     missing = {tap: path for tap, path in token_paths.items() if not path.is_file()}
     if missing or not embeddings_path.is_file():
         compute_teacher_signals(teacher, images, run_preprocess_spec(job.config, teacher.embedding_dim), embeddings_path, missing)
     else:
-        log.info("distill: teacher signals from cache %s", job.work_dir)
+        log.info("distill: teacher signals from cache %s", job.cache_dir)
     tokens = {tap: load_array(path) for tap, path in token_paths.items()}  # memory-mapped fp16
     return TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), tokens)
 

@@ -24,11 +24,17 @@ def run_teacher_stage(context: StageContext) -> None:
     teacher = create_model(teacher_config.model, **teacher_config.model_args)
     if teacher_config.checkpoint:
         path = Path(teacher_config.checkpoint)
-        try:
-            load_module_weights(teacher, load_external_weights(path), path)
-        except DataError as exc:  # e.g. a checkpoint of another architecture: say which one was expected
-            args = ", ".join(f"{k}={v}" for k, v in teacher_config.model_args.items())
-            raise DataError(path, f"not a teacher.model {teacher_config.model}({args}) checkpoint: {exc.problem}") from None
+        if teacher_config.checkpoint_format == "insightface_vit":
+            from pipeline.models.insightface_vit import load_insightface_weights
+
+            load_insightface_weights(teacher, path)
+        else:
+            weights = load_external_weights(path)  # an unreadable or unsafe file fails here, as itself
+            try:
+                load_module_weights(teacher, weights, path)
+            except DataError as exc:  # e.g. a checkpoint of another architecture: say which one was expected
+                args = ", ".join(f"{k}={v}" for k, v in teacher_config.model_args.items())
+                raise DataError(path, f"not a teacher.model {teacher_config.model}({args}) checkpoint: {exc.problem}") from None
         log.info("teacher: loaded %s from %s (no training)", teacher_config.model, path)
         context.summary.update({"source": "checkpoint", "checkpoint": str(path)})
     else:

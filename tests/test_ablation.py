@@ -1,0 +1,79 @@
+"""The ablation benchmark: its statistics and verdicts are right, and a tiny run writes the table and reuses finished work."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from benchmarks.ablation import ablation_rows, ablation_table, claims, format_table, run_ablation
+from pipeline.config import load_config, profile_path
+
+
+def document(accuracies: dict[str, list[float]]) -> dict:
+    """An ablation document as run_ablation writes it, with the given per-seed accuracies."""
+    variants = {name: {"losses": [] if name == "no_kd" else [{"name": "embedding_kd", "weight": 4.0, "args": {}}], "apt": None}
+                for name in accuracies}
+    results = [{"variant": name, "seed": seed, "train_wall_time_s": 10.0 + seed,
+                "scores": {"pairs": {"accuracy": value, "tar_at_far": {"1e-2": value - 0.1, "1e-3": None}}}}
+               for name, values in accuracies.items() for seed, value in enumerate(values)]
+    doc = {"run": "t", "seeds": [0, 1, 2], "variants": variants, "verification_sets": ["pairs"], "results": results,
+           "teacher": {"scores": {"pairs": {"accuracy": 0.95, "tar_at_far": {"1e-2": 0.9, "1e-3": None}}}},
+           "teacher_stage_wall_time_s": 100.0, "wall_time_s": 1.0}
+    doc["rows"] = ablation_rows(doc)
+    doc["claims"] = claims(doc["rows"])
+    return doc
+
+
+def test_rows_hold_mean_and_sample_spread_over_seeds():
+    doc = document({"no_kd": [0.70, 0.72, 0.74], "embedding_kd": [0.80, 0.81, 0.79]})
+    rows = {row["variant"]: row for row in doc["rows"]}
+    assert list(rows) == ["teacher", "no_kd", "embedding_kd"]
+    assert rows["no_kd"]["accuracy_mean"] == pytest.approx(0.72)
+    assert rows["no_kd"]["accuracy_std"] == pytest.approx(statistics.stdev([0.70, 0.72, 0.74]))
+    assert rows["no_kd"]["tar_at_far"]["1e-2"][0] == pytest.approx(0.62)
+    assert rows["no_kd"]["tar_at_far"]["1e-3"] is None  # unresolvable on these pairs: never averaged as a number
+    assert rows["embedding_kd"]["train_wall_time_s"] == pytest.approx(11.0)
+
+
+def test_claims_hold_only_when_the_gap_exceeds_the_seed_spread():
+    clear = document({"no_kd": [0.70, 0.71, 0.72], "embedding_kd": [0.80, 0.81, 0.82], "urfm_apt": [0.79, 0.81, 0.83]})
+    verdicts = {(c["better"], c["worse"]): c for c in clear["claims"]}
+    assert verdicts[("embedding_kd", "no_kd")]["holds"]
+    assert verdicts[("embedding_kd", "no_kd")]["gap_points"] == pytest.approx(10.0)
+    assert not verdicts[("urfm_apt", "embedding_kd")]["holds"]  # equal means: no gain
+    noisy = document({"no_kd": [0.60, 0.70, 0.80], "embedding_kd": [0.70, 0.75, 0.80]})
+    assert not noisy["claims"][0]["holds"]  # +5 points but a 10-point spread
+
+
+def test_table_for_the_report_has_the_teacher_first_and_gains_over_no_kd():
+    header, rows = format_table(document({"no_kd": [0.70, 0.72, 0.74], "embedding_kd": [0.80, 0.81, 0.79]}))
+    assert header[2].startswith("accuracy % (pairs") and "TAR@FAR=1e-2 %" in header and "TAR@FAR=1e-3 %" not in header
+    assert rows[0][0] == "teacher" and rows[0][2].startswith("95.00")
+    assert rows[2][0] == "embedding_kd" and rows[2][header.index("Δ vs no KD (points)")] == "+8.00"
+    assert rows[2][1] == "margin + 4·embedding_kd"
+
+
+@pytest.mark.slow
+def test_tiny_ablation_writes_the_table_and_reuses_finished_trainings(tmp_path):
+    variants = {
+        "no_kd": {"losses": []},
+        "urfm_apt": {"losses": [{"name": "embedding_kd", "weight": 1.0},
+                                {"name": "urfm", "weight": 1.0, "args": {"student_tap": "stages.2", "teacher_tap": "blocks.0", "grid": 7}}],
+                     "apt": {"num_prompts": 2}},
+    }
+    config = load_config(profile_path("tiny"), {"run_name": "ablation_test", "teacher.optim.max_steps": 2, "distill.optim.max_steps": 2,
+                                                "distill.ablation": {"seeds": [0, 1], "variants": variants}})
+    first = run_ablation(config, tmp_path)
+    ablation_dir = tmp_path / "ablation_test" / "ablation"
+    assert (ablation_dir / "ablation.md").is_file()
+    assert [row["variant"] for row in first["rows"]] == ["teacher", "no_kd", "urfm_apt"]
+    assert all(row["seeds"] == 2 for row in first["rows"][1:])
+    assert {r["summary"]["apt"] for r in first["results"] if r["variant"] == "urfm_apt"} == {True}
+    stored = {path: path.stat().st_mtime_ns for path in (ablation_dir / "results").glob("*.json")}
+
+    again = run_ablation(config, tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in stored} == stored  # nothing retrained or rescored
+    assert again["rows"] == first["rows"]
+    header, rows = ablation_table(ablation_dir)
+    assert len(rows) == 3 and header[0] == "variant"
