@@ -180,14 +180,15 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
             if not status or status[-1] != "benchncnn_exit=0":
                 tail = " | ".join(text.strip().splitlines()[-3:])
                 raise AdbError(f"benchncnn on {device['name']} failed ({status[-1] if status else 'no exit status'}): {tail}")
-            output = parse_benchncnn_output(text, f"{device['name']}:{remote_output}")
+            try:
+                output = parse_benchncnn_output(text, f"{device['name']}:{remote_output}")
+                rows = results_from_benchncnn(output, run.param.name, model_bytes)
+            except ValueError as exc:
+                raise AdbError(str(exc)) from None
             reported = output.settings.get("num_threads"), output.settings.get("loop_count")
             if reported != (threads, run.loop_count):
                 raise AdbError(f"benchncnn on {device['name']} reports num_threads/loop_count {reported}, asked for {(threads, run.loop_count)}")
-            try:
-                results += results_from_benchncnn(output, run.param.name, model_bytes)
-            except ValueError as exc:
-                raise AdbError(f"{device['name']}: {exc}") from None
+            results += rows
     settings = {"tool": "benchncnn", "threads": run.threads, "loop_count": run.loop_count, "powersave": run.powersave,
                 "gpu_device": run.gpu_device, "cooling_down": run.cooling_down, "model_file": run.param.name}
     versions = {"benchncnn": f"{run.benchncnn.name} sha256:{_sha256_prefix(run.benchncnn)}",

@@ -12,7 +12,7 @@ Result file, schema_version 1 (every latency file: this machine's, a phone's via
       "device":   {"kind": "host"|"android"|..., "cpu", "cpu_count", "cpu_features", "abi", "os", ...},
       "versions": {package: version} of the runtimes that produced the times,
       "model":    {"name", "parameters", "flops", "macs", "input_shape", "counter", ...} or null,
-      "settings": {"threads", "warmup_runs", "timed_runs", "min_timed_seconds", "throughput_batch", "throughput_runs"},
+      "settings": {"threads", "warmup_runs", "timed_runs", "min_timed_seconds", "max_timed_seconds", "throughput_batch", ...},
       "results":  [{"backend", "precision", "threads", "batch", "runs", "warmup_runs",
                     "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "images_per_s",
                     "peak_rss_mb", "rss_before_mb", "model_bytes", "tool", "settings"}],
@@ -53,6 +53,7 @@ RESULT_KIND = "latency"
 # device images, which have no torch, can read an export folder.
 EXPORTS_FILE, MODEL_MANIFEST = "exports.json", "model_manifest.json"
 MAX_RUNS_FACTOR = 20  # min_timed_seconds never stretches a row past this many times its timed_runs
+MIN_RUNS = 5  # max_timed_seconds never cuts a row below this many timed runs
 
 
 @dataclass
@@ -91,18 +92,30 @@ class BenchmarkTarget:
     model_bytes: int | None = None
 
 
-def time_batches(runner: Runner, batch: np.ndarray, warmup_runs: int, timed_runs: int, min_seconds: float = 0.0) -> np.ndarray:
+def time_batches(runner: Runner, batch: np.ndarray, warmup_runs: int, timed_runs: int, min_seconds: float = 0.0,
+                 max_seconds: float | None = None) -> np.ndarray:
     """Milliseconds per call of `runner.infer(batch)` after `warmup_runs` untimed calls.
 
-    At least `timed_runs` calls, and more until `min_seconds` have passed (at most MAX_RUNS_FACTOR x
-    timed_runs), so fast models get enough calls for a stable p99.
+    At least `timed_runs` calls, and more until `min_seconds` have passed (at most MAX_RUNS_FACTOR x timed_runs),
+    so fast models get enough calls for a stable p99. `max_seconds` stops a row early (after MIN_RUNS calls at
+    least): a backend starved by other processes must not stall the whole matrix; its row records fewer runs.
     """
     for _ in range(warmup_runs):
         runner.infer(batch)
     max_runs = timed_runs * MAX_RUNS_FACTOR if min_seconds > 0 else timed_runs
+    floor = min(MIN_RUNS, timed_runs)
     timings: list[float] = []
     started = time.perf_counter()
-    while len(timings) < timed_runs or (time.perf_counter() - started < min_seconds and len(timings) < max_runs):
+
+    def keep_timing() -> bool:
+        elapsed = time.perf_counter() - started
+        if len(timings) < floor:
+            return True
+        if max_seconds is not None and elapsed >= max_seconds:
+            return False
+        return len(timings) < timed_runs or (elapsed < min_seconds and len(timings) < max_runs)
+
+    while keep_timing():
         call_started = time.perf_counter()
         runner.infer(batch)
         timings.append((time.perf_counter() - call_started) * 1000)
@@ -121,7 +134,7 @@ def summarise_timings(timings_ms: np.ndarray, backend: str, precision: str, thre
 
 
 def measure_latency(runner: Runner, images_rgb: np.ndarray, batch: int, warmup_runs: int, timed_runs: int,
-                    backend: str | None = None, min_seconds: float = 0.0) -> LatencyResult:
+                    backend: str | None = None, min_seconds: float = 0.0, max_seconds: float | None = None) -> LatencyResult:
     """Percentiles of one runner at one batch size, on real faces (first `batch` of `images_rgb`, repeated if short).
 
     `backend` names the row (the export format, e.g. "onnx"); by default the runner's own backend name.
@@ -129,7 +142,7 @@ def measure_latency(runner: Runner, images_rgb: np.ndarray, batch: int, warmup_r
     inputs = preprocess(np.asarray(images_rgb[:batch]), runner.spec)
     if len(inputs) < batch:
         inputs = np.concatenate([inputs] * (batch // len(inputs) + 1))[:batch]
-    timings = time_batches(runner, inputs, warmup_runs, timed_runs, min_seconds)
+    timings = time_batches(runner, inputs, warmup_runs, timed_runs, min_seconds, max_seconds)
     return summarise_timings(timings, backend or runner.backend, runner.precision, runner.threads, batch, warmup_runs)
 
 
@@ -149,7 +162,8 @@ def benchmark_target(target: BenchmarkTarget, images_rgb: np.ndarray, thread_cou
             with peak_memory() as memory:
                 runner = target.make_runner(threads)
                 try:
-                    result = measure_latency(runner, images_rgb, batch, warmup_runs, timed_runs, target.backend, min_seconds)
+                    result = measure_latency(runner, images_rgb, batch, warmup_runs, timed_runs, target.backend, min_seconds,
+                                             settings.max_timed_seconds)
                 finally:
                     runner.close()
             result.precision = target.precision
@@ -275,13 +289,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-runs", type=int, default=defaults.warmup_runs)
     parser.add_argument("--timed-runs", type=int, default=defaults.timed_runs)
     parser.add_argument("--min-timed-seconds", type=float, default=defaults.min_timed_seconds)
+    parser.add_argument("--max-timed-seconds", type=float, default=defaults.max_timed_seconds)
     parser.add_argument("--throughput-batch", type=int, default=defaults.throughput_batch)
     parser.add_argument("--throughput-runs", type=int, default=defaults.throughput_runs)
     parser.add_argument("--benchncnn", default=defaults.benchncnn, help="ncnn's benchncnn (else $BENCHNCNN, then PATH)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     settings = BenchmarkConfig(threads=args.threads, warmup_runs=args.warmup_runs, timed_runs=args.timed_runs,
-                               min_timed_seconds=args.min_timed_seconds, throughput_batch=args.throughput_batch,
+                               min_timed_seconds=args.min_timed_seconds, max_timed_seconds=args.max_timed_seconds,
+                               throughput_batch=args.throughput_batch,
                                throughput_runs=args.throughput_runs, benchncnn=args.benchncnn)
     spec = PreprocessSpec.load(args.export_dir / MODEL_MANIFEST)
     # No faces on a device image: seeded random pixels stand in (these backends' time does not depend on them).

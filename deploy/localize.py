@@ -122,13 +122,15 @@ def torch_layer_outputs(model: nn.Module, batch: torch.Tensor) -> list[LayerOutp
         if any(output is seen for seen in tensors) or op in PASS_THROUGH_MODULES:
             continue  # a container handing on its last child's output, or an identity
         first_input = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
-        if op.startswith("BatchNorm") and outputs and outputs[-1].kind == "conv" and first_input is tensors[-1]:
-            outputs[-1] = LayerOutput(f"{outputs[-1].name}+{name}", f"{outputs[-1].op}+{op}", "conv", _numpy(output))
+        if op.startswith("BatchNorm") and outputs and outputs[-1].kind in ("conv", "fc") and first_input is tensors[-1]:
+            outputs[-1] = LayerOutput(f"{outputs[-1].name}+{name}", f"{outputs[-1].op}+{op}", outputs[-1].kind, _numpy(output))
             tensors[-1] = output
             continue
         if is_leaf:
             kind = TORCH_KINDS.get(op, op.lower())
         else:
+            # A container whose output no hooked child produced computed it with functional ops in its forward;
+            # in a CNN, one that keeps its input's shape is a residual add (x + block(x)).
             kind = "add" if first_input is not None and first_input.shape == output.shape else op.lower()
             op = f"{op} output"
         outputs.append(LayerOutput(name or "<model>", op, kind, _numpy(output)))

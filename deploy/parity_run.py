@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def parity_subset(pairs: VerificationPairs, reference: np.ndarray, max_images: int | None) -> tuple[VerificationPairs, np.ndarray]:
-    """The first `max_images` images (whole pairs) of the verification set, and their reference embeddings."""
-    limit = max_images or len(pairs.images)
-    limit = min(limit, len(pairs.images))
+def parity_subset(pairs: VerificationPairs, max_images: int | None) -> VerificationPairs:
+    """The first `max_images` images (whole pairs) of the verification set; its reference is reference[:len]."""
+    limit = min(max_images or len(pairs.images), len(pairs.images))
     limit -= limit % 2
-    return VerificationPairs(np.asarray(pairs.images[:limit]), pairs.issame[: limit // 2], pairs.name), reference[:limit]
+    return VerificationPairs(np.asarray(pairs.images[:limit]), pairs.issame[: limit // 2], pairs.name)
 
 
 def parity_for_exports(
@@ -47,7 +46,8 @@ def parity_for_exports(
 
     `model` (the PyTorch student) enables localising the first divergent layer of a failing backend.
     """
-    subset, reference = parity_subset(pairs, reference, parity.max_images)
+    subset = parity_subset(pairs, parity.max_images)
+    reference = reference[: len(subset.images)]
     return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model) for record in records]
 
 

@@ -216,6 +216,7 @@ class BenchmarkConfig(Section):
     warmup_runs: int = Field(10, ge=0)
     timed_runs: int = Field(100, ge=5, description="batch-1 runs at least; more until min_timed_seconds pass")
     min_timed_seconds: float = Field(1.0, ge=0, description="so fast models get enough runs for a stable p99")
+    max_timed_seconds: float = Field(60.0, gt=0, description="a row stops after this long (5 runs at least): a starved backend cannot stall the stage")
     throughput_batch: int = Field(32, ge=1)
     throughput_runs: int = Field(5, ge=1)
     benchncnn: str | None = Field(None, description="ncnn's benchncnn for the desktop C++ row (else $BENCHNCNN, then PATH)")

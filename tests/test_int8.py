@@ -180,7 +180,7 @@ def test_export_gate_keeps_or_drops_int8(ncnn_int8, student, held_out, torch_emb
     record = {"format": "ncnn", "precision": "int8", "status": "exported", "files": files, "bytes": 123}
     gates = {"int8": GateConfig(min_cosine=min_cosine, max_accuracy_delta_points=100.0)}
     parity = ParityConfig(gates=gates)
-    subset, reference = parity_subset(_pairs(held_out), torch_embeddings, None)
+    subset, reference = parity_subset(_pairs(held_out), None), torch_embeddings
     keep_if_int8_gate_passes(folder, record, SPEC, subset, reference, parity, student)
     assert record["gate_result"]["cosine_min"] is not None
     if kept:

@@ -103,6 +103,9 @@ def test_timed_runs_are_a_floor_and_min_seconds_adds_runs(export_dir: Path) -> N
     assert len(time_batches(runner, batch, warmup_runs=2, timed_runs=5)) == 5 and CountingRunner.calls == 7
     timings = time_batches(runner, batch, warmup_runs=0, timed_runs=5, min_seconds=0.2)
     assert 5 < len(timings) <= 5 * 20 and (timings.sum() >= 100 or len(timings) == 5 * 20)  # ms; loop overhead not counted
+    capped = time_batches(runner, batch, warmup_runs=0, timed_runs=100_000, max_seconds=0.05)
+    assert 5 <= len(capped) < 100_000  # a starved row stops on time, with its floor of runs
+    assert len(time_batches(runner, batch, warmup_runs=0, timed_runs=100, max_seconds=1e-9)) == 5
 
 
 def test_each_row_gets_a_fresh_runner_and_a_memory_figure(export_dir: Path) -> None:

@@ -133,7 +133,7 @@ def test_parity_failure_reason_names_the_layer(student, faces, ncnn_fp32, tmp_pa
               "files": ["student_fp32.ncnn.param", "student_fp32.ncnn.bin"]}
     with torch.no_grad():
         reference = student(torch.from_numpy(preprocess(faces, SPEC))).numpy()
-    subset, reference = parity_subset(VerificationPairs(faces, np.array([True, False]), "faces"), reference, None)
+    subset = parity_subset(VerificationPairs(faces, np.array([True, False]), "faces"), None)
     result = parity_for_record(tmp_path, record, SPEC, subset, reference, ParityConfig(), model=student)
     assert result.status == "fail"
     assert result.first_divergent_layer["backend_layer"] == target.name

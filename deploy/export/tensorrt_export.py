@@ -154,6 +154,8 @@ def build_engine(
     profile.set_shape(input_name, shapes.min, shapes.opt, shapes.max)
     config.add_optimization_profile(profile)
     calibrator = None
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default on Ampere+: "fp32" would compute in 10-bit mantissas
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
     elif precision == "int8":

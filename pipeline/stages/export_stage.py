@@ -91,8 +91,8 @@ class _Int8Gate:
     def apply(self, record: dict) -> None:
         if self._subset is None:
             pairs = load_verification_sets(self.context.input_dir("data"))[0]
-            reference = TorchRunner(self.student, self.spec).embed(np.asarray(pairs.images))
-            self._subset, self._reference = parity_subset(pairs, reference, self.config.parity.max_images)
+            self._subset = parity_subset(pairs, self.config.parity.max_images)
+            self._reference = TorchRunner(self.student, self.spec).embed(self._subset.images, batch_size=64)
         keep_if_int8_gate_passes(self.context.out_dir, record, self.spec, self._subset, self._reference, self.config.parity,
                                  self.student)
 
