@@ -4,7 +4,8 @@ Measured through the pipeline's own code. The cache is built by `compute_teacher
 function: embeddings of every image and its mirror in fp32, patch tokens at a tap in fp16, memory-mapped) and read
 back as the stage reads it; a distill step is `train_recognition_model` fed either those cached signals or a live
 teacher that runs its forward pass inside every step (`LiveTeacher`). Figures:
-- build: seconds to compute the cache once; load: seconds to open it again (a later run, seed or variant: a cache hit);
+- build: seconds to compute the cache once (and so the teacher's inference images/s, the price a live step pays on
+  top); load: seconds to open it again (a later run, seed or variant: a cache hit);
 - distill step images/s, cached vs live, for an embedding term (embedding_kd) and a token term (fitnet at a teacher block);
 - the wall time of a whole distillation (the profile's epochs over N images): live, cached (build included), cached
   and reused; and the speed-ups. Image content does not change a step's cost, so the images are seeded noise.
@@ -69,6 +70,8 @@ def measure_teacher_cache(config: RunConfig, images: int, steps: int, tap: str |
         started = time.perf_counter()
         compute_teacher_signals(teacher, train_set.images, spec, embeddings_path, {})
         result["build_embeddings_s"] = round(time.perf_counter() - started, 2)
+        # Every image and its mirror in inference mode: the teacher's cost per image that the cache takes out of each step.
+        result["teacher_forward_images_per_s"] = round(2 * images / max(1e-9, result["build_embeddings_s"]), 1)
         started = time.perf_counter()
         compute_teacher_signals(teacher, train_set.images, spec, Path(folder) / "embeddings_again.npy", {tap: tokens_path})
         result["build_with_tokens_s"] = round(time.perf_counter() - started, 2)
@@ -76,12 +79,14 @@ def measure_teacher_cache(config: RunConfig, images: int, steps: int, tap: str |
         started = time.perf_counter()
         cached = TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), {tap: load_array(tokens_path)})
         result["load_s"] = round(time.perf_counter() - started, 3)
+        # Enough epochs that the timed steps fit even when the images make one or two batches (the projection uses the profile's).
+        timing = config.distill.model_copy(update={"optim": config.distill.optim.model_copy(update={"epochs": steps + 2})})
         for kind, loss in (("embedding", LossConfig(name="embedding_kd")),
                            ("tokens", LossConfig(name="fitnet", args={"teacher_tap": tap}))):
             variant = DistillVariant(losses=[loss])
             terms = lambda: build_losses(variant, loss_context(make_student(), config.data.image_size, teacher, None), seed)  # noqa: E731
-            cached_ips, timed = _step_images_per_s(make_student, train_set, spec, config.distill, seed, steps, terms(), cached)
-            live_ips, _ = _step_images_per_s(make_student, train_set, spec, config.distill, seed, steps, terms(), LiveTeacher(teacher))
+            cached_ips, timed = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), cached)
+            live_ips, _ = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), LiveTeacher(teacher))
             result[kind] = {"cached_images_per_s": cached_ips, "live_images_per_s": live_ips, "steps_timed": timed,
                             "step_speedup": round(cached_ips / live_ips, 2)}
     return result
@@ -122,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher {result['teacher']} {result['teacher_args']} -> student {result['student']}, batch {result['batch_size']}, "
           f"{result['threads']} threads, {result['images']} images")
     print(f"cache build: {result['build_embeddings_s']} s (embeddings), {result['build_with_tokens_s']} s (with tokens at "
-          f"{result['token_tap']}, {result['tokens_cache_mib']} MiB); load: {result['load_s']} s")
+          f"{result['token_tap']}, {result['tokens_cache_mib']} MiB); load: {result['load_s']} s; "
+          f"teacher forward {result['teacher_forward_images_per_s']} images/s (what each live step pays on top)")
     projection = result["projection"]
     print(f"\n| term | cached img/s | live img/s | step speed-up | run live s | run cached s (build incl.) | run, cache reused s |"
           f" speed-up first run | speed-up reused | break-even epochs |\n|{'---|' * 10}")

@@ -66,7 +66,7 @@ def _onnx_parity(tiny_run, spec):
     export_dir = run_dir / "export"
     pairs = load_verification_sets(run_dir / "data")[0]
     reference = load_array(run_dir / "evaluate" / reference_embeddings_name(pairs.name), mmap=False)
-    records = [r for r in read_json(export_dir / "exports.json") if r["format"] == "onnx"]
+    records = [r for r in read_json(export_dir / "exports.json") if (r["format"], r["precision"]) == ("onnx", "fp32")]
     return parity_for_exports(export_dir, records, spec, pairs, reference, tiny_run["config"].parity)
 
 

@@ -34,8 +34,13 @@ def export_onnx_int8(
     opset: int = 17,
     method: str = "minmax",
     batch_size: int = 8,
+    depthwise_fp32: bool = False,
 ) -> dict:
-    """Export fp32 ONNX, then quantise it statically to `out_path`, calibrated on `calibration_images`."""
+    """Export fp32 ONNX, then quantise it statically to `out_path`, calibrated on `calibration_images`.
+
+    `depthwise_fp32` leaves depthwise convolutions (group > 1) in float: one activation scale per tensor is
+    what costs a depthwise layer most, and they are a small share of the network's arithmetic.
+    """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"ONNX int8 calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     started = time.perf_counter()
@@ -43,8 +48,9 @@ def export_onnx_int8(
         fp32_path = Path(work) / "fp32.onnx"
         fp32 = export_onnx(model, spec, fp32_path, opset=opset)
         batches = calibration_batches(calibration_images, spec, min(batch_size, len(calibration_images)))
+        excluded = depthwise_conv_nodes(onnx.load(str(fp32_path))) if depthwise_fp32 else []
         with atomic_path(out_path) as temp:
-            quantise_onnx_static(fp32_path, temp, spec.input_name, batches, method)
+            quantise_onnx_static(fp32_path, temp, spec.input_name, batches, method, excluded)
     graph = onnx.load(str(out_path))
     onnx.checker.check_model(graph)
     op_counts: dict[str, int] = {}
@@ -55,15 +61,22 @@ def export_onnx_int8(
              sum(len(b) for b in batches), out_path, op_counts.get("QuantizeLinear", 0), wall)
     return {
         "path": Path(out_path).name, "opset": opset, "nodes": len(graph.graph.node), "fp32_nodes": fp32["nodes"],
-        "quantize_linear_nodes": op_counts.get("QuantizeLinear", 0),
+        "quantize_linear_nodes": op_counts.get("QuantizeLinear", 0), "float_nodes": excluded,
         "calibration": {"images": sum(len(b) for b in batches), "method": method, "format": "QDQ",
                         "activations": "int8", "weights": "int8 per-channel symmetric"},
         "export_time_s": round(wall, 3),
     }
 
 
-def quantise_onnx_static(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], method: str) -> None:
-    """ONNX Runtime's quantize_static fed from `batches` (preprocessed float32 arrays)."""
+def depthwise_conv_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of Conv nodes with group > 1."""
+    return [node.name for node in model.graph.node if node.op_type == "Conv"
+            and any(a.name == "group" and a.i > 1 for a in node.attribute)]
+
+
+def quantise_onnx_static(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], method: str,
+                         excluded_nodes: list[str] = ()) -> None:
+    """ONNX Runtime's quantize_static fed from `batches` (preprocessed float32 arrays); `excluded_nodes` stay float."""
     from onnxruntime.quantization import (
         CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
     )
@@ -81,5 +94,6 @@ def quantise_onnx_static(fp32_path: Path, out_path: Path, input_name: str, batch
     quantize_static(
         str(fp32_path), str(out_path), BatchReader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
+        nodes_to_exclude=list(excluded_nodes),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )

@@ -21,9 +21,10 @@ DLIB68_FIVE_POINTS_ON_ARCFACE_112 = np.array(
 """Where `five_points_from_68` of dlib's 68 points lands, on average, on faces aligned to the ArcFace template: the
 target for dlib-derived points, so dlib-aligned crops match insightface's layout. dlib's points follow another
 convention than the detectors insightface's data was aligned with (eye centres from lid contours sit ~2 px lower
-than insightface's eye points, its mouth corners ~1-2 px wider). Measured by `benchmarks/align_layout.py`: 10 %
-trimmed mean over 770 aligned LFW train crops (../shared/data); on 292 held-out LFW dev crops (other people) the
-mean offset from it is <= 0.7 px per coordinate, against up to 2.2 px from the template itself."""
+than insightface's eye points, its mouth corners ~1-2 px wider). Measured the way `benchmarks/align_layout.py` does
+(rerun it to re-measure): 10 % trimmed mean over the 770 crops with a face found among 800 sampled aligned LFW train
+crops (../shared/data); on 292 held-out LFW dev crops (other people) the mean offset from it is <= 0.7 px per
+coordinate, against up to 2.2 px from the template itself."""
 
 LEFT_EYE_68 = range(36, 42)  # image-left eye (the subject's right)
 RIGHT_EYE_68 = range(42, 48)
