@@ -59,7 +59,8 @@ def _export_onnx(request: ExportRequest) -> dict:
         from deploy.export.onnx_int8 import export_onnx_int8
 
         record = export_onnx_int8(request.model, request.spec, request.out_dir / name, _calibration(request), request.opset,
-                                  request.options.get("onnx_int8_calibration", "minmax"))
+                                  request.options.get("int8_calibration", "percentile"),
+                                  depthwise_fp32=request.options.get("int8_depthwise_fp32", True))
     else:
         from deploy.export.onnx_export import export_onnx
 
@@ -90,7 +91,9 @@ def _export_ncnn(request: ExportRequest) -> dict:
         from deploy.export.ncnn_int8 import export_ncnn_int8
 
         record = export_ncnn_int8(request.model, request.spec, request.out_dir, _calibration(request),
-                                  float_layers=tuple(request.options.get("ncnn_int8_float_layers", ())))
+                                  float_layers=tuple(request.options.get("ncnn_int8_float_layers", ())),
+                                  method=request.options.get("int8_calibration", "percentile"),
+                                  depthwise_fp32=request.options.get("int8_depthwise_fp32", True))
     else:
         from deploy.export.ncnn_export import export_ncnn
 

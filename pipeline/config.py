@@ -202,8 +202,10 @@ class ExportConfig(Section):
     formats: list[str] = ["onnx"]
     max_batch: int = Field(64, ge=1, description="upper end of the dynamic batch range (CoreML, TensorRT)")
     calibration_images: int = Field(64, ge=1, description="training images every INT8 variant calibrates on")
-    onnx_int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    ncnn_int8_float_layers: list[str] = Field([], description="ncnn layer names kept fp32 in the int8 model")
+    int8_calibration: Literal["percentile", "kl", "max"] = Field(
+        "percentile", description="activation range of ONNX and ncnn INT8: 99.999th percentile of |x|, KL-optimal, or max")
+    int8_depthwise_fp32: bool = Field(True, description="keep depthwise convolutions in fp32 in ONNX and ncnn INT8")
+    ncnn_int8_float_layers: list[str] = Field([], description="more ncnn layer names to keep fp32 in the int8 model")
     int8_gate: bool = Field(True, description="drop an INT8 export that fails parity.gates.int8 instead of shipping it")
     tensorrt_opt_batch: int = Field(1, ge=1, description="the batch TensorRT tunes kernels for")
     tensorrt_workspace_mib: int = Field(1024, ge=16)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.export.calibration import draw_calibration_images, kl_threshold
+from deploy.export.calibration import draw_calibration_images, kl_threshold, percentile_threshold
 from deploy.export.ncnn_export import export_ncnn
 from deploy.export.ncnn_int8 import quantise_ncnn_export, weight_scales
 from deploy.export.ncnn_model import TAG_INT8, read_ncnn_model, write_ncnn_model
@@ -82,6 +82,15 @@ def test_kl_threshold_keeps_a_uniform_range_and_clips_a_long_tail():
     assert kl_threshold(np.zeros(2048), 0.5) == 1024.0
 
 
+def test_percentile_threshold_ignores_the_rarest_values():
+    histogram = np.zeros(2048)
+    histogram[:1000] = 1000  # 1e6 values below bin 1000
+    histogram[2047] = 5  # 5 in a million far out: above the 99.999th percentile
+    assert percentile_threshold(histogram, 0.01) == pytest.approx(10.0)
+    histogram[2047] = 50  # 50 in a million: inside it
+    assert percentile_threshold(histogram, 0.01) == pytest.approx(20.48)
+
+
 def test_ncnn_model_round_trips_byte_for_byte(ncnn_fp32, tmp_path):
     fp32 = ncnn_fp32
     model = read_ncnn_model(fp32["param"], fp32["bin"])
@@ -144,6 +153,10 @@ def test_float_layers_stay_fp32(ncnn_fp32, calibration, tmp_path):
     assert entry.layer.param_int(8) == 0 and entry.weights[0].storage == "fp32"
     with pytest.raises(ValueError, match="no_such_layer"):
         quantise_ncnn_export(fp32["param"], fp32["bin"], SPEC, tmp_path, calibration[:4], float_layers=("no_such_layer",))
+    mixed = quantise_ncnn_export(fp32["param"], fp32["bin"], SPEC, tmp_path, calibration[:4], depthwise_fp32=True, method="kl")
+    types = {e.name: e.layer_type for e in read_ncnn_model(mixed["param"], mixed["bin"]).layers}
+    assert {types[name] for name in mixed["float_layers"]} == {"ConvolutionDepthWise"}
+    assert {types[name] for name in mixed["int8_layers"]} == {"Convolution"}
 
 
 def test_weight_scales_are_per_output_channel(ncnn_fp32):
@@ -155,14 +168,16 @@ def test_weight_scales_are_per_output_channel(ncnn_fp32):
 
 
 def test_onnx_int8_is_static_qdq_and_close_to_torch(student, calibration, held_out, torch_embeddings, tmp_path):
-    record = export_onnx_int8(student, SPEC, tmp_path / "student_int8.onnx", calibration, method="minmax")
+    record = export_onnx_int8(student, SPEC, tmp_path / "student_int8.onnx", calibration, depthwise_fp32=True)
     assert record["quantize_linear_nodes"] > 50 and record["calibration"]["images"] == len(calibration)
+    depthwise = [name for name, m in student.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(record["float_nodes"]) == len(depthwise)
     runner = OnnxRuntimeRunner(tmp_path / "student_int8.onnx", SPEC, "int8")
     embeddings = runner.embed(held_out)
     cosines = _cosines(embeddings, torch_embeddings)
     assert INT8_GATE.min_cosine <= cosines.min() and cosines.mean() < 0.99999
     with pytest.raises(ValueError, match="calibration method"):
-        export_onnx_int8(student, SPEC, tmp_path / "x.onnx", calibration, method="kl")
+        export_onnx_int8(student, SPEC, tmp_path / "x.onnx", calibration, method="minmax")
 
 
 def _pairs(images: np.ndarray) -> VerificationPairs:

@@ -205,3 +205,19 @@ def test_plot_writes_png(tmp_path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["roc.png"]  # no temp file left behind
     with pytest.raises(ValueError):
         plot_roc_curves({}, tmp_path / "empty.png", title="none")
+
+
+def test_folds_are_stratified_so_block_ordered_sets_score_like_interleaved_ones():
+    """lfw/dev.bin-style order (300 same, 300 different, ...) must not leave folds with a single class."""
+    rng = np.random.default_rng(3)
+    same_scores = rng.normal(0.6, 0.15, 600)
+    different_scores = rng.normal(0.2, 0.15, 600)
+    blocks = np.concatenate([same_scores[:300], different_scores[:300], same_scores[300:], different_scores[300:]])
+    block_labels = np.repeat([True, False, True, False], 300)
+    interleaved = np.empty(1200)
+    interleaved[0::2], interleaved[1::2] = same_scores, different_scores
+    interleaved_labels = np.tile([True, False], 600)
+    by_blocks = evaluate_similarities(blocks, block_labels)
+    by_interleaving = evaluate_similarities(interleaved, interleaved_labels)
+    assert by_blocks.accuracy == pytest.approx(by_interleaving.accuracy)
+    assert by_blocks.accuracy > 0.85 and by_blocks.accuracy_std < 0.05

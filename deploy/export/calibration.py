@@ -32,6 +32,16 @@ def calibration_batches(images_rgb: np.ndarray, spec: PreprocessSpec, batch_size
     return [preprocess(images_rgb[start : start + batch_size], spec) for start in range(0, usable, batch_size)]
 
 
+def percentile_threshold(histogram: np.ndarray, bin_width: float, percentile: float = 99.999) -> float:
+    """The |x| below which `percentile` % of the histogram's mass lies (upper edge of that bin)."""
+    histogram = np.asarray(histogram, np.float64)
+    total = histogram.sum()
+    if total == 0:
+        return bin_width * len(histogram)
+    index = int(np.searchsorted(np.cumsum(histogram), total * percentile / 100.0))
+    return (min(index, len(histogram) - 1) + 1) * bin_width
+
+
 def kl_threshold(histogram: np.ndarray, bin_width: float, target_bins: int = 128, coarse_step: int = 8) -> float:
     """The clipping threshold for |x| that minimises KL(P || Q) of the histogram quantised to `target_bins`.
 

@@ -10,8 +10,11 @@ convolutiondepthwise.cpp, innerproduct.cpp load_param/load_model):
   weight scales and the one bottom-blob (input activation) scale, raw float32.
 
 Weight scales are 127 / max|w| per output channel (31 / max|w| for 3x3 stride-1 Convolution, whose int8
-Winograd kernel needs 6-bit weights, as ncnn2table does). Activation scales are 127 / threshold, the threshold
-chosen by KL divergence (entropy calibration) over each quantised layer's input blob on the calibration images.
+Winograd kernel needs 6-bit weights, as ncnn2table does). Activation scales are 127 / threshold of each
+quantised layer's input blob over the calibration images: the 99.999th percentile of |x| by default, or the
+KL-optimal threshold (ncnn2table's and TensorRT's entropy method), or max |x|. Measured on the default
+profile's trained student (1200 verification images), percentile beat KL (cos min 0.984 vs 0.978, all layers
+int8) and keeping depthwise layers fp32 lifted it to 0.992.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.export.calibration import kl_threshold
+from deploy.export.calibration import kl_threshold, percentile_threshold
 from deploy.export.ncnn_export import export_ncnn, ncnn_file_names
 from deploy.export.ncnn_model import (
     QUANTISABLE_LAYERS, NcnnModel, NcnnModelLayer, WeightArray, read_ncnn_model, with_param, write_ncnn_model,
@@ -35,6 +38,7 @@ from deploy.runners.ncnn_runner import NcnnRunner, io_blob_names
 logger = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 2048
+ACTIVATION_CALIBRATIONS = ("kl", "percentile", "max")
 
 
 def export_ncnn_int8(
@@ -44,11 +48,14 @@ def export_ncnn_int8(
     calibration_images: np.ndarray,
     name: str = "student",
     float_layers: tuple[str, ...] = (),
+    method: str = "percentile",
+    depthwise_fp32: bool = False,
 ) -> dict:
     """Export fp32 with pnnx into a temp folder, then quantise it into `out_dir` (see `quantise_ncnn_export`)."""
     with tempfile.TemporaryDirectory(prefix="ncnn-int8-") as work:
         fp32 = export_ncnn(model, spec, Path(work), "fp32", name)
-        record = quantise_ncnn_export(fp32["param"], fp32["bin"], spec, out_dir, calibration_images, name, float_layers)
+        record = quantise_ncnn_export(fp32["param"], fp32["bin"], spec, out_dir, calibration_images, name, float_layers, method,
+                                      depthwise_fp32)
     return {**record, "export_seconds": round(record["export_seconds"] + fp32["export_seconds"], 3),
             "pnnx_version": fp32["pnnx_version"]}
 
@@ -61,17 +68,21 @@ def quantise_ncnn_export(
     calibration_images: np.ndarray,
     name: str = "student",
     float_layers: tuple[str, ...] = (),
+    method: str = "percentile",
+    depthwise_fp32: bool = False,
 ) -> dict:
     """Calibrate the fp32 ncnn model on `calibration_images` (uint8 RGB faces), write <name>_int8.ncnn.param/.bin.
 
-    `float_layers` names ncnn layers to leave in fp32 (mixed precision), e.g. a first or last layer whose
-    quantisation costs the most accuracy.
+    `float_layers` names ncnn layers to leave in fp32 (mixed precision); `depthwise_fp32` adds every
+    ConvolutionDepthWise, whose single activation scale per tensor costs the most accuracy.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
     param_name, bin_name = ncnn_file_names(name, "int8")
     fp32_model = read_ncnn_model(fp32_param, fp32_bin)
-    activation_scales = calibrate_activation_scales(fp32_param, fp32_bin, spec, calibration_images, float_layers)
+    if depthwise_fp32:
+        float_layers = (*float_layers, *(e.name for e in fp32_model.layers if e.layer_type == "ConvolutionDepthWise"))
+    activation_scales = calibrate_activation_scales(fp32_param, fp32_bin, spec, calibration_images, float_layers, method)
     int8_model, quantised = quantise_ncnn_model(fp32_model, activation_scales)
     param_path, bin_path = out_dir / param_name, out_dir / bin_name
     write_ncnn_model(int8_model, param_path, bin_path)
@@ -90,7 +101,7 @@ def quantise_ncnn_export(
         "layers": len(int8_model.layers),
         "int8_layers": quantised,
         "float_layers": [e.name for e in fp32_model.layers if e.layer_type in QUANTISABLE_LAYERS and e.name not in quantised],
-        "calibration": {"images": int(len(calibration_images)), "method": "kl-entropy", "histogram_bins": HISTOGRAM_BINS},
+        "calibration": {"images": int(len(calibration_images)), "method": method, "histogram_bins": HISTOGRAM_BINS},
         "param_bytes": param_path.stat().st_size,
         "bin_bytes": bin_path.stat().st_size,
         "export_seconds": round(seconds, 3),
@@ -98,13 +109,19 @@ def quantise_ncnn_export(
 
 
 def calibrate_activation_scales(
-    param_path: Path, bin_path: Path, spec: PreprocessSpec, images_rgb: np.ndarray, float_layers: tuple[str, ...] = ()
+    param_path: Path, bin_path: Path, spec: PreprocessSpec, images_rgb: np.ndarray, float_layers: tuple[str, ...] = (),
+    method: str = "percentile",
 ) -> dict[str, float]:
-    """{layer name: 127 / KL threshold of its input blob} for every quantisable layer not in `float_layers`.
+    """{layer name: 127 / threshold of its input blob} for every quantisable layer not in `float_layers`.
+
+    The threshold is the KL-optimal clipping point ("kl"), the 99.999th percentile of |x| ("percentile") or
+    the largest |x| seen ("max").
 
     Two passes over the images with the fp32 net (ncnn blob extraction): the max |x| per blob, then a histogram
     of |x| on [0, max] per blob; keeping all activations instead would take gigabytes at full width.
     """
+    if method not in ACTIVATION_CALIBRATIONS:
+        raise ValueError(f"ncnn int8 calibration must be one of {ACTIVATION_CALIBRATIONS}, got {method!r}")
     model = read_ncnn_model(param_path, bin_path)
     targets = {e.name: e.layer.input_blobs[0] for e in model.layers if e.layer_type in QUANTISABLE_LAYERS and e.name not in float_layers}
     unknown = set(float_layers) - {e.name for e in model.layers}
@@ -125,9 +142,8 @@ def calibrate_activation_scales(
                     histograms[blob] += np.histogram(np.abs(values), HISTOGRAM_BINS, (0.0, maxima[blob]))[0]
     finally:
         runner.close()
-    thresholds = {
-        blob: kl_threshold(histograms[blob], maxima[blob] / HISTOGRAM_BINS) if maxima[blob] > 0 else 1.0 for blob in blobs
-    }
+    choose = {"kl": kl_threshold, "percentile": percentile_threshold, "max": lambda h, width: width * len(h)}[method]
+    thresholds = {blob: choose(histograms[blob], maxima[blob] / HISTOGRAM_BINS) if maxima[blob] > 0 else 1.0 for blob in blobs}
     return {layer: 127.0 / thresholds[blob] for layer, blob in targets.items()}
 
 

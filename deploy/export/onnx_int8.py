@@ -23,7 +23,8 @@ from pipeline.artifacts import atomic_path
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# The project's names for activation calibration (shared with ncnn) -> ONNX Runtime's calibrators.
+CALIBRATION_METHODS = {"percentile": "Percentile", "kl": "Entropy", "max": "MinMax"}
 
 
 def export_onnx_int8(
@@ -32,7 +33,7 @@ def export_onnx_int8(
     out_path: Path,
     calibration_images: np.ndarray,
     opset: int = 17,
-    method: str = "minmax",
+    method: str = "percentile",
     batch_size: int = 8,
     depthwise_fp32: bool = False,
 ) -> dict:
@@ -42,7 +43,7 @@ def export_onnx_int8(
     what costs a depthwise layer most, and they are a small share of the network's arithmetic.
     """
     if method not in CALIBRATION_METHODS:
-        raise ValueError(f"ONNX int8 calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+        raise ValueError(f"ONNX int8 calibration method must be one of {tuple(CALIBRATION_METHODS)}, got {method!r}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="onnx-int8-") as work:
         fp32_path = Path(work) / "fp32.onnx"
@@ -89,8 +90,7 @@ def quantise_onnx_static(fp32_path: Path, out_path: Path, input_name: str, batch
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                        "percentile": CalibrationMethod.Percentile}[method]
+    calibrate_method = getattr(CalibrationMethod, CALIBRATION_METHODS[method])
     quantize_static(
         str(fp32_path), str(out_path), BatchReader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
