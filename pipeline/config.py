@@ -187,7 +187,9 @@ class GateConfig(Section):
 
 class ParityConfig(Section):
     gates: dict[str, GateConfig] = {
-        "fp32": GateConfig(min_cosine=0.9999, max_accuracy_delta_points=0.1),
+        # fp32 tightened from the 0.9999: ONNX Runtime and ncnn measured cos min > 0.999999999 on the
+        # default profile (x86), ncnn on emulated ARM 0.9999996 (shared/ENV.md).
+        "fp32": GateConfig(min_cosine=0.99999, max_accuracy_delta_points=0.1),
         "fp16": GateConfig(min_cosine=0.999, max_accuracy_delta_points=0.2),
         "int8": GateConfig(min_cosine=0.98, max_accuracy_delta_points=1.0),
     }

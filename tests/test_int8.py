@@ -208,3 +208,16 @@ def test_export_gate_keeps_or_drops_int8(ncnn_int8, student, held_out, torch_emb
     assert result.status == "dropped" and result.reason.startswith("failed int8 gate (cos min")
     assert result.cosine_min == record["gate_result"]["cosine_min"] and result.bytes == 123
     assert failed_parity({"results": [result.to_dict()]}) == []  # a dropped int8 does not fail the run
+
+
+def test_export_gate_fails_an_int8_model_that_cannot_run(ncnn_int8, student, held_out, torch_embeddings, tmp_path):
+    """A broken int8 file is a failed export (which fails the run), not a quiet 'dropped'."""
+    (tmp_path / "student_int8.ncnn.param").write_bytes(ncnn_int8["param"].read_bytes())
+    (tmp_path / "student_int8.ncnn.bin").write_bytes(ncnn_int8["bin"].read_bytes()[:1000])
+    record = {"format": "ncnn", "precision": "int8", "status": "exported", "bytes": 1,
+              "files": ["student_int8.ncnn.param", "student_int8.ncnn.bin"]}
+    keep_if_int8_gate_passes(tmp_path, record, SPEC, parity_subset(_pairs(held_out), None), torch_embeddings,
+                             ParityConfig(), student)
+    assert record["status"] == "failed" and "could not load weights" in record["error"]
+    result = parity_for_record(tmp_path, record, SPEC, parity_subset(_pairs(held_out), None), torch_embeddings, ParityConfig())
+    assert failed_parity({"results": [result.to_dict()]}) == [result.to_dict()]

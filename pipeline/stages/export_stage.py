@@ -99,11 +99,19 @@ class _Int8Gate:
 
 def keep_if_int8_gate_passes(out_dir: Path, record: dict, spec: PreprocessSpec, subset: VerificationPairs,
                              reference: np.ndarray, parity: ParityConfig, model: nn.Module | None = None) -> None:
-    """Keep an exported int8 `record` (noting the gate's numbers) or delete its files and mark it dropped."""
+    """Keep an exported int8 `record` (noting the gate's numbers) or delete its files and mark it dropped.
+
+    Only a measured miss drops it; an int8 model that cannot even run is a failed export (it fails the run), and
+    one this machine cannot run is kept ungated (its parity row says skipped, with the reason).
+    """
     result = parity_for_record(out_dir, record, spec, subset, reference, parity, model=model)
     record["gate_result"] = result.to_dict()
-    numbers = (f"cos min {result.cosine_min:.4f}, accuracy delta {result.accuracy_delta_points:+.2f} points"
-               if result.cosine_min is not None else result.status)
+    if result.status in ("skipped", "error"):
+        log.warning("export %s/int8: int8 gate %s: %s", record["format"], result.status, result.reason)
+        if result.status == "error":
+            record.update(status="failed", error=f"the int8 gate could not run it: {result.reason}")
+        return
+    numbers = f"cos min {result.cosine_min:.4f}, accuracy delta {result.accuracy_delta_points:+.2f} points"
     if result.status == "pass":
         log.info("export %s/int8 passes the int8 gate (%s)", record["format"], numbers)
         return
