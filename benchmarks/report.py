@@ -39,8 +39,9 @@ def _mb(value: float | None) -> str:
 def _result(payload: dict) -> VerificationResult:
     fields = VerificationResult.__dataclass_fields__
     values = {k: v for k, v in payload.items() if k in fields}
-    if "notes" in values:
-        values["notes"] = tuple(values["notes"])
+    for key in ("notes", "fold_thresholds"):
+        if key in values:
+            values[key] = tuple(values[key])
     return VerificationResult(**values)
 
 
@@ -222,13 +223,16 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
         doc.image(roc_path, f"ROC curves on {set_name}")
 
     doc.heading("Parity against PyTorch")
-    doc.paragraph("Numeric: per-image cosine of embeddings vs the PyTorch student; accuracy: verification accuracy from the "
-                  "backend's own embeddings vs PyTorch's. Gates per precision are in the configuration below.")
-    doc.table(["backend", "precision", "status", "cos min", "cos mean", "max abs diff", "accuracy delta (points)", "gate", "reason"],
+    doc.paragraph("Numeric: per-image cosine of embeddings vs the PyTorch student; accuracy: 10-fold verification accuracy "
+                  "from the backend's own embeddings at PyTorch's per-fold thresholds, vs PyTorch's, and how many pair "
+                  "decisions flipped. Gates per precision are in the configuration below.")
+    doc.table(["backend", "precision", "status", "cos min", "cos mean", "max abs diff", "accuracy delta (points)",
+               "pairs flipped", "gate", "reason"],
               [[r["backend"], r["precision"], r["status"],
                 *(f"{r[k]:.6f}" if r.get(k) is not None else "—" for k in ("cosine_min", "cosine_mean")),
                 f"{r['max_abs_diff']:.2e}" if r.get("max_abs_diff") is not None else "—",
                 f"{r['accuracy_delta_points']:+.2f}" if r.get("accuracy_delta_points") is not None else "—",
+                str(r["pairs_flipped"]) if r.get("pairs_flipped") is not None else "—",
                 f"cos ≥ {r['gate']['min_cosine']}, |Δ| ≤ {r['gate']['max_accuracy_delta_points']}" if r.get("gate") else "—",
                 r.get("reason", "")] for r in parity["results"]])
 

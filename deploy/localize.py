@@ -7,7 +7,8 @@ flatten, ...) and an element count:
   exporter folds it), a container whose output is a new tensor (a residual block's `x + out`) is an "add";
   containers that just pass their last child's output on add nothing.
 - ONNX Runtime: every node output is made a graph output (QuantizeLinear/DequantizeLinear and shape plumbing
-  are not layers); node names from torch.onnx carry the module path (/stages/stages.0/...).
+  are not layers); node names from torch.onnx carry the module path (/stages/stages.0/...). A marked output
+  keeps ORT from fusing across it, so an int8 QDQ model is seen as its quantise-dequantise simulation.
 - ncnn: every layer's top blob, extracted by name (Split and Input are plumbing); a Convolution with a fused
   activation (param 9) is compared with the activation after it.
 

@@ -132,7 +132,7 @@ def dropped_result(record: dict) -> ParityResult:
     gate_result = dict(record.get("gate_result") or {})
     keep = {key: gate_result.get(key) for key in (
         "num_images", "cosine_min", "cosine_mean", "max_abs_diff", "accuracy_reference", "accuracy_backend",
-        "accuracy_delta_points", "worst_images", "gate", "first_divergent_layer")}
+        "accuracy_delta_points", "pairs_flipped", "worst_images", "gate", "first_divergent_layer")}
     keep = {key: value for key, value in keep.items() if value is not None}
     # The report renders "<status>: <reason>", so the row reads "dropped: failed int8 gate (cos min ..., ...)".
     return ParityResult(record["format"], record["precision"], "dropped", record.get("reason", "failed its gate at export"),

@@ -221,3 +221,29 @@ def test_folds_are_stratified_so_block_ordered_sets_score_like_interleaved_ones(
     by_interleaving = evaluate_similarities(interleaved, interleaved_labels)
     assert by_blocks.accuracy == pytest.approx(by_interleaving.accuracy)
     assert by_blocks.accuracy > 0.85 and by_blocks.accuracy_std < 0.05
+
+
+def test_fixed_fold_thresholds_reproduce_the_reference_and_count_only_changed_decisions() -> None:
+    rng = np.random.default_rng(3)
+    issame = np.arange(600) % 2 == 0
+    similarities = np.where(issame, rng.normal(0.5, 0.2, 600), rng.normal(0.2, 0.2, 600))
+    reference = evaluate_similarities(similarities, issame)
+    assert len(reference.fold_thresholds) == 10
+    again = evaluate_similarities(similarities, issame, fold_thresholds=reference.fold_thresholds)
+    assert again.accuracy == reference.accuracy
+    # Push one correctly-accepted same pair just below its fold's threshold: exactly one decision changes.
+    from pipeline.evaluation.verification import fold_test_indices
+
+    folds = fold_test_indices(issame, 10)
+    fold, index = next((f, i) for f, test in enumerate(folds) for i in test
+                       if issame[i] and similarities[i] >= reference.fold_thresholds[f])
+    moved = similarities.copy()
+    moved[index] = reference.fold_thresholds[fold] - 1e-9
+    shifted = evaluate_similarities(moved, issame, fold_thresholds=reference.fold_thresholds)
+    assert shifted.accuracy == pytest.approx(reference.accuracy - 1 / 600)
+
+
+def test_wrong_number_of_fixed_thresholds_is_refused() -> None:
+    similarities, issame = _separable_scores(100)
+    with pytest.raises(ValueError, match="3 fixed fold thresholds given for 10 folds"):
+        evaluate_similarities(similarities, issame, fold_thresholds=[0.1, 0.2, 0.3])

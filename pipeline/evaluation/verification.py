@@ -38,10 +38,12 @@ class VerificationResult:
     num_pairs: int
     num_folds: int = 10  # folds actually used: fewer than asked when there are fewer pairs than folds
     notes: tuple[str, ...] = field(default=())  # why a TAR@FAR is None, or why fewer folds were used
+    fold_thresholds: tuple[float, ...] = field(default=())  # threshold applied to each held-out fold, in fold order
 
     def to_dict(self) -> dict:
         payload = asdict(self)
         payload["notes"] = list(self.notes)
+        payload["fold_thresholds"] = list(self.fold_thresholds)
         return payload
 
 
@@ -79,11 +81,14 @@ def evaluate_verification(
     issame: np.ndarray,
     num_folds: int = 10,
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
+    fold_thresholds: Sequence[float] | None = None,
 ) -> VerificationResult:
     """Verification metrics from (2P, D) embeddings laid out as pairs (see `pair_similarities`)."""
     issame = _validate_issame(issame)
     similarities = pair_similarities(embeddings, num_pairs=len(issame))
-    return evaluate_similarities(similarities, issame, num_folds=num_folds, far_targets=far_targets)
+    return evaluate_similarities(
+        similarities, issame, num_folds=num_folds, far_targets=far_targets, fold_thresholds=fold_thresholds
+    )
 
 
 def evaluate_similarities(
@@ -91,11 +96,15 @@ def evaluate_similarities(
     issame: np.ndarray,
     num_folds: int = 10,
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
+    fold_thresholds: Sequence[float] | None = None,
 ) -> VerificationResult:
     """Verification metrics from per-pair scores (higher = more likely the same person).
 
     Uses min(num_folds, num_pairs) folds (never fewer than 2). TAR@FAR is None when there are fewer than
     ~1/FAR different pairs: with N negatives the smallest non-zero FAR is 1/N, so a lower target cannot be resolved.
+    `fold_thresholds` (another model's `fold_thresholds` on the same pairs) fixes each fold's threshold instead
+    of choosing it: parity scores a backend at the reference's decisions, so re-tuning on near-tied pairs cannot
+    move the accuracy of an export whose scores barely changed.
     """
     issame = _validate_issame(issame)
     similarities = np.asarray(similarities, dtype=np.float64)
@@ -115,7 +124,9 @@ def evaluate_similarities(
     if folds_used < num_folds:
         notes.append(f"only {num_pairs} pairs: used {folds_used} folds instead of {num_folds}")
 
-    fold_accuracies, fold_thresholds = _cross_validated_accuracy(similarities, issame, folds_used)
+    if fold_thresholds is not None and len(fold_thresholds) != folds_used:
+        raise ValueError(f"{len(fold_thresholds)} fixed fold thresholds given for {folds_used} folds")
+    fold_accuracies, chosen_thresholds = _cross_validated_accuracy(similarities, issame, folds_used, fold_thresholds)
 
     fpr, tpr, _ = roc_curve(issame, similarities, drop_intermediate=False)
     num_different = int(np.count_nonzero(~issame))
@@ -134,7 +145,7 @@ def evaluate_similarities(
     return VerificationResult(
         accuracy=float(np.mean(fold_accuracies)),
         accuracy_std=float(np.std(fold_accuracies)),
-        best_threshold=float(np.mean(fold_thresholds)),
+        best_threshold=float(np.mean(chosen_thresholds)),
         tar_at_far=tar_at_far,
         roc_fpr=stored_fpr.tolist(),
         roc_tpr=stored_tpr.tolist(),
@@ -142,6 +153,7 @@ def evaluate_similarities(
         num_pairs=num_pairs,
         num_folds=folds_used,
         notes=tuple(notes),
+        fold_thresholds=tuple(float(t) for t in chosen_thresholds),
     )
 
 
@@ -173,18 +185,34 @@ def best_threshold_on(similarities: np.ndarray, issame: np.ndarray) -> tuple[flo
 
 
 def _cross_validated_accuracy(
-    similarities: np.ndarray, issame: np.ndarray, num_folds: int
+    similarities: np.ndarray, issame: np.ndarray, num_folds: int, fixed_thresholds: Sequence[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-fold held-out accuracy and the threshold each fold chose on its training folds."""
-    smallest_class = int(min(issame.sum(), (~issame).sum()))
-    splitter = StratifiedKFold(n_splits=num_folds, shuffle=False) if smallest_class >= num_folds else KFold(n_splits=num_folds, shuffle=False)
+    """Per-fold held-out accuracy and the threshold each fold chose on its training folds (or was given)."""
     accuracies = np.empty(num_folds)
     thresholds = np.empty(num_folds)
-    for fold, (train, test) in enumerate(splitter.split(similarities, issame)):
-        thresholds[fold], _ = best_threshold_on(similarities[train], issame[train])
+    for fold, (train, test) in enumerate(_fold_splits(issame, num_folds)):
+        if fixed_thresholds is None:
+            thresholds[fold], _ = best_threshold_on(similarities[train], issame[train])
+        else:
+            thresholds[fold] = fixed_thresholds[fold]
         predicted_same = similarities[test] >= thresholds[fold]
         accuracies[fold] = np.mean(predicted_same == issame[test])
     return accuracies, thresholds
+
+
+def _fold_splits(issame: np.ndarray, num_folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index arrays per fold: stratified in file order, contiguous when a class is too small."""
+    smallest_class = int(min(issame.sum(), (~issame).sum()))
+    if smallest_class >= num_folds:
+        splitter = StratifiedKFold(n_splits=num_folds, shuffle=False)
+    else:
+        splitter = KFold(n_splits=num_folds, shuffle=False)
+    return list(splitter.split(np.zeros(len(issame)), issame))
+
+
+def fold_test_indices(issame: np.ndarray, num_folds: int) -> list[np.ndarray]:
+    """The held-out pair indices of each fold, in the order `fold_thresholds` lists them."""
+    return [test for _, test in _fold_splits(np.asarray(issame, dtype=bool), num_folds)]
 
 
 def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,45 @@
+"""The parity gate on real embeddings: fp32-level noise passes with no flipped decision, a real change fails."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploy.parity import check_parity
+from pipeline.config import GateConfig
+from pipeline.data.arrays import VerificationPairs
+
+GATE = GateConfig(min_cosine=0.99999, max_accuracy_delta_points=0.1)
+
+
+def _pairs_and_embeddings(num_pairs: int = 300, seed: int = 0) -> tuple[VerificationPairs, np.ndarray]:
+    """Overlapping same/different score distributions, so many pairs sit near the thresholds."""
+    rng = np.random.default_rng(seed)
+    issame = np.arange(num_pairs) % 2 == 0
+    first = rng.normal(size=(num_pairs, 64))
+    noise_scale = np.where(issame, 1.2, 3.0)[:, None]
+    second = first + noise_scale * rng.normal(size=(num_pairs, 64))
+    embeddings = np.empty((2 * num_pairs, 64), dtype=np.float32)
+    embeddings[0::2], embeddings[1::2] = first, second
+    images = np.zeros((2 * num_pairs, 1, 1, 3), dtype=np.uint8)
+    return VerificationPairs(images, issame, "toy"), embeddings
+
+
+def test_float32_rounding_noise_passes_with_no_flipped_decision() -> None:
+    pairs, reference = _pairs_and_embeddings()
+    candidate = reference * (1 + 1e-7 * np.random.default_rng(1).standard_normal(reference.shape)).astype(np.float32)
+    result = check_parity("onnx", "fp32", reference, candidate, pairs, GATE)
+    assert result.status == "pass", result.reason
+    assert result.pairs_flipped == 0
+    assert result.accuracy_delta_points == 0.0
+    assert "accuracy_backend_retuned" in result.details
+
+
+def test_a_changed_embedding_fails_and_counts_the_flipped_pairs() -> None:
+    pairs, reference = _pairs_and_embeddings()
+    candidate = reference.copy()
+    rng = np.random.default_rng(2)
+    candidate[::7] = rng.normal(size=candidate[::7].shape)  # every 7th image replaced: a broken export
+    result = check_parity("onnx", "fp32", reference, candidate, pairs, GATE)
+    assert result.status == "fail"
+    assert result.pairs_flipped and result.pairs_flipped > 0
+    assert "pair decisions flipped" in result.reason and "cosine" in result.reason
