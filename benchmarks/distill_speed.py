@@ -28,6 +28,7 @@ from deploy.runners.torch_runner import TorchRunner
 from pipeline.config import DistillConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.losses import TEACHER_EMBEDDING, create_loss
+from pipeline.distill.distributed import Distributed
 from pipeline.distill.trainer import TeacherSignals, WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 
@@ -51,7 +52,8 @@ def _step_images_per_s(make_student: Callable[[], nn.Module], train_set: FaceArr
     optim = distill.optim.model_copy(update={"max_steps": steps + 2, "checkpoint_every_steps": 10**9})
     with tempfile.TemporaryDirectory(prefix="distill-speed-") as checkpoint_dir:
         train_recognition_model(make_student(), train_set, spec, distill.margin, optim, seed, Path(checkpoint_dir),
-                                losses, teacher, description="speed", should_stop=record_step)
+                                losses, teacher, description="speed", should_stop=record_step,
+                                distributed=Distributed())  # one CPU process, also when the run is under torchrun
     step_seconds = np.diff(stamps)[:-1]
     batch = min(distill.optim.batch_size, len(train_set.labels))
     return round(batch / float(np.median(step_seconds)), 1), len(step_seconds)

@@ -56,6 +56,7 @@ def configure_logging() -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from benchmarks.report import summary_rows
+    from pipeline.distill.distributed import init_from_environment, shutdown
     from pipeline.stages import STAGES
     from pipeline.stages.parity_stage import failed_parity
     from pipeline.stages.runner import StageRunner
@@ -66,9 +67,15 @@ def run_command(args: argparse.Namespace) -> int:
     if args.teacher_checkpoint:
         overrides["teacher.checkpoint"] = str(args.teacher_checkpoint.resolve())
     config = load_config(profile_path(args.profile), overrides)
-    runner = StageRunner(config, STAGES, args.runs_dir)
-    started = time.perf_counter()
-    outcomes = runner.run(from_stage=args.from_stage, until=args.until, force=args.force)
+    ctx = init_from_environment()  # under torchrun: join the job; rank 0 alone writes results and prints them
+    try:
+        runner = StageRunner(config, STAGES, args.runs_dir, ctx)
+        started = time.perf_counter()
+        outcomes = runner.run(from_stage=args.from_stage, until=args.until, force=args.force)
+    finally:
+        shutdown()
+    if not ctx.is_main:
+        return 0
     print(f"\nStages ({time.perf_counter() - started:.1f} s in all):")
     for outcome in outcomes:
         print(f"  {outcome.name:<10} {outcome.status:<7} {outcome.wall_time_s:8.1f} s")

@@ -85,6 +85,8 @@ class OptimConfig(Section):
     hflip: bool = True
     checkpoint_every_steps: int = Field(200, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop early (tests, quick runs)")
+    mixed_precision: bool = Field(True, description="bf16 autocast when training on a CUDA device (ignored on CPU)")
+    sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over all ranks' batches")
 
 
 class TeacherConfig(Section):

@@ -42,6 +42,15 @@ def input_sensitive_student(width: float = 0.25, seed: int = 0) -> torch.nn.Modu
     return randomise_batchnorm(model, seed)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process made small steps 10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the whole pipeline once on the tiny profile; tests read its artifacts."""

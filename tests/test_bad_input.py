@@ -44,13 +44,7 @@ from tests.test_trainer import tiny_faces, train
 TINY = str(CONFIG_DIR / "tiny.yaml")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two OpenMP threads on a shared 2-core machine made the small training steps here 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def face(seed: int, size: int = 112) -> np.ndarray:

@@ -23,6 +23,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,15 +48,15 @@ def export_ncnn_int8(
     out_dir: Path,
     calibration_images: np.ndarray,
     name: str = "student",
-    float_layers: tuple[str, ...] = (),
-    method: str = "percentile",
-    depthwise_fp32: bool = False,
+    **quantise_options: Any,
 ) -> dict:
-    """Export fp32 with pnnx into a temp folder, then quantise it into `out_dir` (see `quantise_ncnn_export`)."""
+    """Export fp32 with pnnx into a temp folder, then quantise it into `out_dir`.
+
+    `quantise_options` (float_layers, method, depthwise_fp32) are `quantise_ncnn_export`'s.
+    """
     with tempfile.TemporaryDirectory(prefix="ncnn-int8-") as work:
         fp32 = export_ncnn(model, spec, Path(work), "fp32", name)
-        record = quantise_ncnn_export(fp32["param"], fp32["bin"], spec, out_dir, calibration_images, name, float_layers, method,
-                                      depthwise_fp32)
+        record = quantise_ncnn_export(fp32["param"], fp32["bin"], spec, out_dir, calibration_images, name, **quantise_options)
     return {**record, "export_seconds": round(record["export_seconds"] + fp32["export_seconds"], 3),
             "pnnx_version": fp32["pnnx_version"]}
 

@@ -7,6 +7,9 @@ The teacher is either cached signals (`TeacherSignals`: embeddings and patch tok
 mirror, computed once) or a live module trained alongside the student (`apt.PromptedTeacher`): its trainable
 parts (prompts) join the optimiser and the checkpoint, and its own loss joins the objective. Student feature
 maps that terms read are captured with forward hooks, removed again before the function returns.
+
+Under torchrun (`distributed.py`) the step runs inside DistributedDataParallel on this rank's slice of the global
+batch; only rank 0 writes checkpoints, and every rank resumes from them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
 from pipeline.distill.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.distill.distributed import Distributed, current, sync_batchnorms, unsync_batchnorms
 from pipeline.distill.losses import STUDENT_FEATURES, STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
 from pipeline.errors import PipelineError
 from pipeline.models.margin import CombinedMarginHead
@@ -50,6 +54,10 @@ class TeacherBatch:
     embedding: torch.Tensor | None = None
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, h*w, C) patch tokens
     loss: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> TeacherBatch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return TeacherBatch(move(self.embedding), {tap: t.to(device) for tap, t in self.tokens.items()}, move(self.loss))
 
 
 @dataclass
@@ -107,19 +115,28 @@ def train_recognition_model(
     teacher: TeacherSignals | nn.Module | None = None,
     description: str = "train",
     should_stop: Callable[[int], bool] | None = None,
+    distributed: Distributed | None = None,
 ) -> tuple[CombinedMarginHead, TrainResult]:
     """Train `backbone` (in place) with a margin head and optional distillation terms; return the head and stats.
 
     `teacher` is cached `TeacherSignals` or a live teacher module (see the module docstring) whose
     `signals(indices, flipped, images, labels, taps)` returns a `TeacherBatch`.
     `should_stop(global_step)` is asked after every step; True writes a checkpoint and raises TrainingInterrupted.
+    `distributed` defaults to the process's torchrun context (`distributed.current()`); the model ends on the CPU.
     """
+    ctx = distributed or current()
+    if ctx.enabled and optim.batch_size % ctx.world_size:
+        raise PipelineError(f"{description}: batch size {optim.batch_size} does not split over {ctx.world_size} ranks")
+    if optim.sync_batchnorm and ctx.enabled:
+        sync_batchnorms(backbone)
     distill_losses = distill_losses or []
     required = frozenset().union(*(term.module.requires for term in distill_losses))
     needs_teacher = bool(required & {TEACHER_EMBEDDING, TEACHER_TOKENS})
     if needs_teacher and teacher is None:
         raise PipelineError(f"{description}: a distillation loss needs teacher embeddings but none were given")
     live_teacher = teacher if isinstance(teacher, nn.Module) else None
+    device = ctx.device
+    autocast_enabled = optim.mixed_precision and device.type == "cuda"
     student_taps = sorted({tap for term in distill_losses for tap in term.module.student_taps})
     teacher_taps = tuple(sorted({tap for term in distill_losses for tap in term.module.teacher_taps}))
 
@@ -128,7 +145,7 @@ def train_recognition_model(
     modules = {"backbone": backbone, "head": head, "losses": nn.ModuleList([t.module for t in distill_losses])}
     if live_teacher is not None:
         modules["teacher"] = live_teacher
-    trainable = nn.ModuleDict(modules)
+    trainable = nn.ModuleDict(modules).to(device)
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
 
     per_epoch = steps_per_epoch(len(train_set.labels), optim.batch_size)
@@ -139,6 +156,7 @@ def train_recognition_model(
 
     global_step = 0
     history: list[dict] = []
+    ctx.barrier()  # rank 0 may still be writing the checkpoint every rank resumes from
     saved = load_checkpoint(checkpoint_dir)
     if saved is not None:
         trainable.load_state_dict(saved["trainable"])
@@ -158,10 +176,11 @@ def train_recognition_model(
         nonlocal last_good_step
         if not all(bool(torch.isfinite(p).all()) for p in trainable.parameters()):
             raise NonFiniteLossError(f"{description}: weights became non-finite at step {global_step}; {last_good()}")
-        save_checkpoint(checkpoint_dir, {
-            "trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
-            "torch_rng": torch.get_rng_state(), "global_step": global_step, "history": history, "running": running,
-        })
+        if ctx.is_main:  # DDP keeps every rank's weights equal; one writer
+            save_checkpoint(checkpoint_dir, {
+                "trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "global_step": global_step, "history": history, "running": running,
+            })
         last_good_step = global_step
 
     captured: dict[str, torch.Tensor] = {}
@@ -169,16 +188,20 @@ def train_recognition_model(
 
     def step_terms(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch and its named terms (margin, each distillation term, the live teacher's own loss)."""
-        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec)
-        labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64))
+        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec).to(device)
+        labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64)).to(device)
         captured.clear()
-        embedding = backbone(images)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled):
+            embedding = backbone(images)  # losses below stay in fp32: margins and KD are precision-sensitive
+        return _terms_of(images, labels, embedding.float(), batch)
+
+    def _terms_of(images: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {"margin": head.margin_loss(embedding, labels)}
         if not distill_losses:
             return terms["margin"], terms
         signals = TeacherBatch()
         if needs_teacher or live_teacher is not None:
-            signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps)
+            signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps).to(device)
         student_logits = head.cosine(embedding) * head.scale if STUDENT_LOGITS in required else None
         inputs = DistillInputs(embedding, labels, signals.embedding, student_logits=student_logits,
                                student_features=dict(captured), teacher_tokens=signals.tokens)
@@ -191,20 +214,30 @@ def train_recognition_model(
         return loss, terms
 
     hooks = capture_features(backbone, student_taps, captured, description)
+    step_module = _Step(trainable, step_terms)
+    if ctx.enabled:  # gradients averaged over ranks inside backward; parameters broadcast from rank 0 here
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # e.g. timm's unused class token; a loss term may skip a module
+        )
     trainable.train()
     started = time.perf_counter()
     running: dict[str, float] = dict(saved.get("running", {})) if saved is not None else {}  # this epoch's loss sums so far
     try:
-        with tqdm(total=total_steps, initial=global_step, desc=description, unit="step", dynamic_ncols=True) as bar:
+        with tqdm(total=total_steps, initial=global_step, desc=description, unit="step", dynamic_ncols=True,
+                  disable=not ctx.is_main) as bar:
             while global_step < total_steps:
                 epoch, step_in_epoch = divmod(global_step, per_epoch)
                 for batch in epoch_batches(len(train_set.labels), optim.batch_size, seed, epoch, optim.hflip, step_in_epoch):
                     if global_step >= total_steps:
                         break
+                    batch = local_batch(ctx, batch)
                     lr = learning_rate(global_step, total_steps, warmup_steps, optim.lr)
                     for group in optimizer.param_groups:
                         group["lr"] = lr
-                    loss, terms = step_terms(batch)
+                    loss, terms = step_module(batch)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"{description}: loss is {loss.item()} at step {global_step} (epoch {epoch}); "
@@ -214,8 +247,10 @@ def train_recognition_model(
                     loss.backward()
                     optimizer.step()
                     global_step += 1
-                    for name, value in {"loss": loss, **terms}.items():
-                        running[name] = running.get(name, 0.0) + float(value.detach())
+                    logged = {"loss": loss, **terms}
+                    means = ctx.mean_over_ranks(torch.stack([value.detach().float() for value in logged.values()]))
+                    for name, value in zip(logged, means.tolist()):
+                        running[name] = running.get(name, 0.0) + value
                     running["steps"] = running.get("steps", 0) + 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.1e}")
@@ -227,17 +262,40 @@ def train_recognition_model(
                         running = {}
                     if epoch_done or global_step % optim.checkpoint_every_steps == 0:
                         checkpoint()
-                    if should_stop is not None and should_stop(global_step) and global_step < total_steps:
+                    stop = ctx.any_rank(should_stop is not None and should_stop(global_step))
+                    if stop and global_step < total_steps:
                         checkpoint()
                         raise TrainingInterrupted(f"{description}: stopped at step {global_step}; checkpoint in {checkpoint_dir}")
     finally:
         for hook in hooks:
             hook.remove()
         captured.clear()
+        trainable.cpu()
+        if optim.sync_batchnorm and ctx.enabled:
+            unsync_batchnorms(backbone)
     wall = time.perf_counter() - started
-    trained_images = (global_step - resumed_from) * min(optim.batch_size, len(train_set.labels))
+    trained_images = (global_step - resumed_from) * min(optim.batch_size, len(train_set.labels))  # over all ranks
     backbone.eval()
     return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history)
+
+
+class _Step(nn.Module):
+    """One training step's forward as a module, so DistributedDataParallel wraps exactly what the loss touches."""
+
+    def __init__(self, trainable: nn.ModuleDict, step: Callable):
+        super().__init__()
+        self.trainable = trainable
+        self.step = step
+
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.step(batch)
+
+
+def local_batch(ctx: Distributed, batch):
+    """This rank's rows of a global batch (the whole batch in a single process)."""
+    if not ctx.enabled:
+        return batch
+    return type(batch)(batch.step_in_epoch, ctx.local_rows(batch.indices), ctx.local_rows(batch.flipped))
 
 
 def capture_features(model: nn.Module, taps: list[str], into: dict[str, torch.Tensor], description: str) -> list:

@@ -14,9 +14,12 @@ from pipeline.stages.teacher_stage import run_teacher_stage, teacher_external_fi
 
 STAGES: list[Stage] = [
     Stage("data", run_data_stage, (), ("seed", "data"), description="prepare training and verification faces"),
-    Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train or load the ViT teacher"),
-    Stage("baseline", run_baseline_stage, ("data",), ("seed", "student", "distill"), description="train the student without distillation"),
-    Stage("distill", run_distill_stage, ("data", "teacher"), ("seed", "student", "distill"), description="distil the teacher into the student"),
+    Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train or load the ViT teacher",
+          distributed=True),
+    Stage("baseline", run_baseline_stage, ("data",), ("seed", "student", "distill"), description="train the student without distillation",
+          distributed=True),
+    Stage("distill", run_distill_stage, ("data", "teacher"), ("seed", "student", "distill"), description="distil the teacher into the student",
+          distributed=True),
     Stage("evaluate", run_evaluate_stage, ("data", "teacher", "baseline", "distill"), (), description="verification accuracy of teacher and students"),
     Stage("export", run_export_stage, ("data", "distill"), ("export", "parity"), description="export the student to every configured format"),
     Stage("parity", run_parity_stage, ("data", "distill", "evaluate", "export"), ("parity",), description="numeric and accuracy parity of every backend"),

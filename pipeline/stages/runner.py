@@ -7,6 +7,11 @@ earlier results, and long stages keep resumable work (checkpoints) in runs/<run>
 tagged with the stage's fingerprint and discarded when the fingerprint changes or the stage is forced, so a
 checkpoint trained under another config is never resumed. A stop signal (see `pipeline.interrupts`) stops the
 run before the next stage. Each stage starts from the run's seed, so its numbers do not depend on what ran before.
+
+Under torchrun (`pipeline.distill.distributed`) rank 0 owns the run folder: it decides whether a stage is cached and
+tells the others; a `distributed` stage (training) runs on every rank, the others writing into a private staging
+folder that is thrown away; other stages run on rank 0 alone, and the other ranks leave after the last
+distributed stage of the run.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic, write_text_atomic
 from pipeline.config import RunConfig
+from pipeline.distill.distributed import Distributed, current
 from pipeline.errors import PipelineError
 from pipeline.interrupts import raise_if_stop_requested, stop_requested
 
@@ -55,6 +61,7 @@ class Stage:
     config_sections: tuple[str, ...] = ()
     external_files: Callable[[RunConfig], list[str]] = lambda config: []
     description: str = ""
+    distributed: bool = False  # runs on every torchrun rank (training); otherwise on rank 0 only
 
 
 @dataclass
@@ -105,11 +112,12 @@ def outputs_intact(stage_dir: Path, manifest: dict[str, Any]) -> bool:
 class StageRunner:
     """Runs stages in order, skipping the fresh ones; `force` and `from_stage` override the cache."""
 
-    def __init__(self, config: RunConfig, stages: list[Stage], runs_root: Path):
+    def __init__(self, config: RunConfig, stages: list[Stage], runs_root: Path, distributed: Distributed | None = None):
         self.config = config
         self.stages = stages
         self.run_dir = runs_root / config.run_name
         self.names = [stage.name for stage in stages]
+        self.ctx = distributed or current()
 
     def fingerprint(self, stage: Stage) -> dict[str, Any]:
         upstream = {}
@@ -132,27 +140,47 @@ class StageRunner:
                 raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(self.names)}")
         first_forced = self.names.index(from_stage) if from_stage else None
         last = self.names.index(until) if until else len(self.names) - 1
+        in_range = self.stages[: last + 1]
+        last_shared = max((i for i, stage in enumerate(in_range) if stage.distributed), default=-1)
         outcomes = []
-        for index, stage in enumerate(self.stages[: last + 1]):
+        for index, stage in enumerate(in_range):
             raise_if_stop_requested(f"stage {stage.name!r}")
             forced = force or (first_forced is not None and index >= first_forced)
-            outcomes.append(self._run_stage(stage, forced))
+            if self.ctx.enabled and index > last_shared:
+                if not self.ctx.is_main:
+                    log.info("rank %d: the distributed stages are done; rank 0 runs the rest", self.ctx.rank)
+                    break
+                outcomes.append(self._run_stage(stage, forced, shared=False))
+            else:
+                outcomes.append(self._run_stage(stage, forced, shared=self.ctx.enabled))
         return outcomes
 
-    def _run_stage(self, stage: Stage, forced: bool) -> StageOutcome:
+    def _run_stage(self, stage: Stage, forced: bool, shared: bool = False) -> StageOutcome:
+        """Run or skip one stage; `shared`: every rank calls this, and rank 0's decision binds them all."""
         stage_dir = self.run_dir / stage.name
-        self._recover_interrupted_swap(stage_dir)
-        fingerprint = self.fingerprint(stage)
-        key = sha256_json(fingerprint)
-        manifest = read_manifest(stage_dir)
-        if not forced and manifest is not None and manifest.get("fingerprint") == key and outputs_intact(stage_dir, manifest):
+        decision = None
+        if not shared or self.ctx.is_main:
+            self._recover_interrupted_swap(stage_dir)
+            fingerprint = self.fingerprint(stage)
+            key = sha256_json(fingerprint)
+            manifest = read_manifest(stage_dir)
+            cached = not forced and manifest is not None and manifest.get("fingerprint") == key and outputs_intact(stage_dir, manifest)
+            work_dir = None if cached else self._prepare_work_dir(stage.name, key, forced)
+            decision = (cached, fingerprint, key, work_dir)
+        if shared:
+            cached, fingerprint, key, work_dir = self.ctx.broadcast_from_main(decision)
+            manifest = read_manifest(stage_dir) if cached else None
+        else:
+            cached, fingerprint, key, work_dir = decision
+        if cached:
             log.info("[%s] cached: inputs and config unchanged (%s)", stage.name, stage_dir)
             return StageOutcome(stage.name, "cached", 0.0, manifest)
+        if shared and not self.ctx.is_main:
+            return self._follow_stage(stage, fingerprint, work_dir)
 
         staging = self.run_dir / f".{stage.name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        work_dir = self._prepare_work_dir(stage.name, key, forced)
         context = StageContext(self.config, self.run_dir, staging, work_dir, fingerprint["inputs"])
         log.info("[%s] running: %s", stage.name, stage.description or stage.name)
         for name, outputs in fingerprint["inputs"].items():
@@ -182,7 +210,25 @@ class StageRunner:
         write_json_atomic(staging / MANIFEST, manifest)
         self._replace(staging, stage_dir)
         log.info("[%s] wrote %s (%s) in %.1f s", stage.name, stage_dir, ", ".join(manifest["outputs"]), wall)
+        if shared:
+            self.ctx.barrier()  # the other ranks read these results in the next stage
         return StageOutcome(stage.name, "ran", wall, manifest)
+
+    def _follow_stage(self, stage: Stage, fingerprint: dict[str, Any], work_dir: Path) -> StageOutcome:
+        """A rank other than 0: take part in a distributed stage, writing into a private folder that is discarded."""
+        started = time.perf_counter()
+        private = self.run_dir / f".rank{self.ctx.rank}" / stage.name
+        shutil.rmtree(private, ignore_errors=True)
+        private.mkdir(parents=True)
+        try:
+            if stage.distributed:
+                seed_global_rngs(self.config.seed)
+                stage.run(StageContext(self.config, self.run_dir, private, work_dir, fingerprint["inputs"]))
+        finally:
+            shutil.rmtree(private.parent, ignore_errors=True)
+        self.ctx.barrier()  # wait for rank 0's results of this stage
+        wall = time.perf_counter() - started
+        return StageOutcome(stage.name, "ran", wall, read_manifest(self.run_dir / stage.name) or {})
 
     def _prepare_work_dir(self, name: str, key: str, forced: bool) -> Path:
         """The stage's resumable work, kept only when it was made under the same fingerprint and not forced."""

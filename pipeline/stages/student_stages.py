@@ -23,6 +23,7 @@ from deploy.preprocess import PreprocessSpec
 from pipeline.artifacts import atomic_path, sha256_json
 from pipeline.config import DistillVariant, RunConfig
 from pipeline.data.store import load_array, load_training_set, save_array
+from pipeline.distill import distributed
 from pipeline.distill.apt import PromptedTeacher
 from pipeline.distill.batches import images_to_tensor
 from pipeline.distill.checkpoint import load_module_weights
@@ -121,7 +122,10 @@ def teacher_signals(job: StudentJob, teacher: nn.Module, taps: list[str], images
     token_paths = {tap: job.cache_dir / f"teacher_tokens_{tap}_{job.cache_key}.npy" for tap in taps}
     missing = {tap: path for tap, path in token_paths.items() if not path.is_file()}
     if missing or not embeddings_path.is_file():
-        compute_teacher_signals(teacher, images, run_preprocess_spec(job.config, teacher.embedding_dim), embeddings_path, missing)
+        ctx = distributed.current()
+        if ctx.is_main:  # under torchrun one rank computes the cache and the others wait for it
+            compute_teacher_signals(teacher, images, run_preprocess_spec(job.config, teacher.embedding_dim), embeddings_path, missing)
+        ctx.barrier()
     else:
         log.info("distill: teacher signals from cache %s", job.cache_dir)
     tokens = {tap: load_array(path) for tap, path in token_paths.items()}  # memory-mapped fp16

@@ -1,0 +1,67 @@
+"""torchrun with 2 CPU processes (gloo): the same result as one process with the same global batch.
+
+With BatchNorm statistics synchronised over ranks, the teacher trained by 2 ranks must equal the teacher of the
+single-process tiny run (same global batch); the students must train, and rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="this torch build has no gloo backend")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    runs_dir = tmp_path_factory.mktemp("ddp_runs")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+               "-m", "pipeline", "run", "--profile", "tiny", "--until", "distill", "--runs-dir", str(runs_dir),
+               "--set", "teacher.optim.sync_batchnorm=true", "--set", "distill.optim.sync_batchnorm=true"]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return {"run_dir": runs_dir / "tiny", "stdout": completed.stdout, "stderr": completed.stderr}
+
+
+def test_two_ranks_train_the_same_teacher_as_one_process(two_rank_run: dict, tiny_run: dict) -> None:
+    distributed = load_file(two_rank_run["run_dir"] / "teacher" / "teacher.safetensors")
+    single = load_file(tiny_run["run_dir"] / "teacher" / "teacher.safetensors")
+    assert distributed.keys() == single.keys()
+    assert "rank 1 of 2 on cpu (gloo)" in two_rank_run["stdout"] + two_rank_run["stderr"]
+    for name, tensor in single.items():
+        torch.testing.assert_close(distributed[name], tensor, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_loss_history_is_the_global_batch_mean(two_rank_run: dict, tiny_run: dict) -> None:
+    distributed = json.loads((two_rank_run["run_dir"] / "teacher" / "teacher_history.json").read_text())
+    single = json.loads((tiny_run["run_dir"] / "teacher" / "teacher_history.json").read_text())
+    assert [epoch["step"] for epoch in distributed] == [epoch["step"] for epoch in single]
+    for ours, theirs in zip(distributed, single):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
+def test_rank_zero_alone_writes_and_stops_after_the_last_training_stage(two_rank_run: dict) -> None:
+    run_dir = two_rank_run["run_dir"]
+    for stage in ("data", "teacher", "baseline", "distill"):
+        assert (run_dir / stage / "manifest.json").is_file(), stage
+    assert not (run_dir / "evaluate").exists()
+    assert not any(path.name.startswith(".rank") for path in run_dir.iterdir()), "a follower's staging folder was left"
