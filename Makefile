@@ -61,9 +61,12 @@ docker-jetson:
 ABLATION_ARGS ?=
 .PHONY: ablation ablation-real
 
+# Then the profile's own pipeline run, whose report (runs/ablation/report/) carries the ablation table.
 ablation: setup
 	$(PY) -m benchmarks.ablation --profile ablation --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
+	$(PY) -m pipeline run --profile ablation --runs-dir $(RUNS_DIR)
 
 # Aligned LFW from ../shared/data (skipped, with the reason, where it is absent).
 ablation-real: setup
 	$(PY) -m benchmarks.ablation --profile ablation_real --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
+	$(PY) -m pipeline run --profile ablation_real --runs-dir $(RUNS_DIR)
