@@ -25,11 +25,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def parity_image_rows(issame: np.ndarray, max_images: int | None) -> np.ndarray:
+    """Image rows of a parity subset of at most `max_images` images: whole pairs, half same and half different.
+
+    The first pairs of each class in file order, kept in file order. Taking the first N images instead would give
+    a block-ordered set (lfw/dev.bin: 300 same, then 300 different, ...) a subset with one class, whose
+    verification accuracy is undefined.
+    """
+    issame = np.asarray(issame, dtype=bool)
+    num_pairs = len(issame) if max_images is None else min(len(issame), max_images // 2)
+    if num_pairs >= len(issame):
+        chosen = np.arange(len(issame))
+    else:
+        same, different = np.flatnonzero(issame), np.flatnonzero(~issame)
+        take_same = min(len(same), max(num_pairs - len(different), (num_pairs + 1) // 2))
+        chosen = np.sort(np.concatenate([same[:take_same], different[: num_pairs - take_same]]))
+    return np.stack([2 * chosen, 2 * chosen + 1], axis=1).reshape(-1)
+
+
 def parity_subset(pairs: VerificationPairs, max_images: int | None) -> VerificationPairs:
-    """The first `max_images` images (whole pairs) of the verification set; its reference is reference[:len]."""
-    limit = min(max_images or len(pairs.images), len(pairs.images))
-    limit -= limit % 2
-    return VerificationPairs(np.asarray(pairs.images[:limit]), pairs.issame[: limit // 2], pairs.name)
+    """The verification images parity runs on (see `parity_image_rows`); the reference is reference[rows]."""
+    rows = parity_image_rows(pairs.issame, max_images)
+    return VerificationPairs(np.asarray(pairs.images)[rows], np.asarray(pairs.issame)[rows[0::2] // 2], pairs.name)
 
 
 def parity_for_exports(
@@ -47,7 +64,7 @@ def parity_for_exports(
     `model` (the PyTorch student) enables localising the first divergent layer of a failing backend.
     """
     subset = parity_subset(pairs, parity.max_images)
-    reference = reference[: len(subset.images)]
+    reference = reference[parity_image_rows(pairs.issame, parity.max_images)]
     return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model) for record in records]
 
 

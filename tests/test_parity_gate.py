@@ -43,3 +43,18 @@ def test_a_changed_embedding_fails_and_counts_the_flipped_pairs() -> None:
     assert result.status == "fail"
     assert result.pairs_flipped and result.pairs_flipped > 0
     assert "pair decisions flipped" in result.reason and "cosine" in result.reason
+
+
+def test_parity_subset_of_a_block_ordered_set_holds_both_classes_in_file_order() -> None:
+    from deploy.parity_run import parity_image_rows, parity_subset
+
+    issame = np.array([True] * 300 + [False] * 300 + [True] * 300 + [False] * 300)  # lfw/dev.bin's layout
+    images = np.arange(2 * len(issame), dtype=np.uint8).reshape(-1, 1, 1, 1).repeat(3, axis=3)
+    pairs = VerificationPairs(images, issame, "blocks")
+    subset = parity_subset(pairs, 400)
+    assert len(subset.images) == 400 and subset.issame.sum() == 100 and (~subset.issame).sum() == 100
+    rows = parity_image_rows(issame, 400)
+    assert np.all(np.diff(rows) > 0)  # file order kept
+    assert np.array_equal(subset.images, images[rows])
+    assert np.array_equal(subset.issame, issame[rows[0::2] // 2])
+    assert len(parity_subset(pairs, None).images) == len(images)
