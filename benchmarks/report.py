@@ -230,7 +230,8 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
     doc.heading("Parity against PyTorch")
     doc.paragraph("Numeric: per-image cosine of embeddings vs the PyTorch student; accuracy: 10-fold verification accuracy "
                   "from the backend's own embeddings at PyTorch's per-fold thresholds, vs PyTorch's, and how many pair "
-                  "decisions flipped. Gates per precision are in the configuration below.")
+                  "decisions flipped (the accuracy gate also bounds the flips, so gains cannot hide losses). Gates per precision are "
+                  "in the configuration below.")
     doc.table(["backend", "precision", "status", "cos min", "cos mean", "max abs diff", "accuracy delta (points)",
                "pairs flipped", "gate", "reason"],
               [[r["backend"], r["precision"], r["status"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deploy.parity import check_parity
 from pipeline.config import GateConfig
@@ -58,3 +59,25 @@ def test_parity_subset_of_a_block_ordered_set_holds_both_classes_in_file_order()
     assert np.array_equal(subset.images, images[rows])
     assert np.array_equal(subset.issame, issame[rows[0::2] // 2])
     assert len(parity_subset(pairs, None).images) == len(images)
+
+
+def test_flips_that_cancel_in_the_accuracy_still_fail_the_gate() -> None:
+    """One wrong decision made right and one right decision made wrong: accuracy unchanged, two flips."""
+    from pipeline.evaluation.verification import evaluate_verification, fold_test_indices, pair_similarities
+
+    pairs, reference = _pairs_and_embeddings()
+    issame = pairs.issame
+    folds = evaluate_verification(reference, issame).fold_thresholds
+    threshold = np.empty(len(issame))
+    for fold, test in enumerate(fold_test_indices(issame, len(folds))):
+        threshold[test] = folds[fold]
+    correct = (pair_similarities(reference) >= threshold) == issame
+    fixed = int(np.flatnonzero(issame & ~correct)[0])  # a same pair the reference rejects: make it identical
+    broken = int(np.flatnonzero(issame & correct)[0])  # a same pair the reference accepts: make it opposite
+    candidate = reference.copy()
+    candidate[2 * fixed + 1] = reference[2 * fixed]
+    candidate[2 * broken + 1] = -reference[2 * broken]
+    result = check_parity("onnx", "fp32", reference, candidate, pairs, GateConfig(min_cosine=-1.0, max_accuracy_delta_points=0.1))
+    assert result.pairs_flipped == 2
+    assert result.accuracy_delta_points == pytest.approx(0.0, abs=1e-9)
+    assert result.status == "fail" and "2 of 300 pair decisions flipped" in result.reason
