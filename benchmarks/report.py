@@ -80,12 +80,16 @@ def latency_accuracy_points(metrics: dict, parity: dict, latency: dict) -> tuple
     p50 = single_thread_p50(latency)
     points, left_out = [], []
     student = metrics[set_name].get("student")
-    if student is not None and ("pytorch", "fp32") in p50:
-        points.append({"label": "pytorch/fp32", "latency_ms": p50[("pytorch", "fp32")], "accuracy_pct": 100 * student["accuracy"]})
+    scored = [r for r in parity.get("results", []) if r.get("accuracy_reference") is not None]
+    # With parity.max_images the backends were scored on a subset: plot PyTorch on that same subset.
+    reference = scored[0]["accuracy_reference"] if scored else (student or {}).get("accuracy")
+    if reference is not None and ("pytorch", "fp32") in p50:
+        points.append({"label": "pytorch/fp32", "latency_ms": p50[("pytorch", "fp32")], "accuracy_pct": 100 * reference})
     for r in parity.get("results", []):
         key, label = (r["backend"], r["precision"]), f"{r['backend']}/{r['precision']}"
         if r.get("accuracy_backend") is None or key not in p50:
-            left_out.append(f"{label} ({'no accuracy: ' + r['status'] if r.get('accuracy_backend') is None else 'not timed here'})")
+            why = "not timed here" if r["status"] in ("pass", "fail") else r["status"]  # e.g. a dropped int8 is not timed
+            left_out.append(f"{label} ({'no accuracy: ' + r['status'] if r.get('accuracy_backend') is None else why})")
         else:
             points.append({"label": label, "latency_ms": p50[key], "accuracy_pct": 100 * r["accuracy_backend"]})
     return points, left_out
@@ -128,10 +132,13 @@ def _latency_section(doc: Document, run_dir: Path, out_dir: Path, metrics: dict,
     doc.image(plot_latency_bars(rows, out_dir / "latency.png", "Student latency per backend"), "Batch-1 latency per backend: bar p50, whisker p90")
     set_name = parity.get("verification_set") or next(iter(metrics))
     points, left_out = latency_accuracy_points(metrics, parity, latency)
+    scored_images = next((r["num_images"] for r in parity.get("results", []) if r.get("accuracy_reference") is not None), None)
+    all_pairs = metrics[set_name].get("student", {}).get("num_pairs")
+    subset = f", parity subset of {scored_images // 2} pairs" if scored_images and all_pairs and scored_images // 2 < all_pairs else ""
     if points:
         doc.image(plot_latency_vs_accuracy(points, out_dir / "latency_vs_accuracy.png", "Latency against accuracy",
                                            f"verification accuracy on {set_name} (%)"),
-                  "Each backend/precision: batch-1 p50 at 1 thread against its own verification accuracy"
+                  f"Each backend/precision: batch-1 p50 at 1 thread against its own verification accuracy{subset}"
                   + (f"; not plotted: {', '.join(left_out)}" if left_out else ""))
     _devices_section(doc, run_dir / DEVICES_DIR)
 
