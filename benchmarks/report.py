@@ -62,16 +62,25 @@ def summary_rows(metrics: dict, parity: dict, latency: dict) -> list[list[str]]:
         rows[-1][0] += " [pytorch/fp32]"
         rows[-1][2] = "reference"
         rows[-1][3] = _ms(p50.get(("pytorch", "fp32")))
-    all_pairs = per_model["student"]["num_pairs"] if "student" in per_model else None
+    subset_pairs = parity_subset_pairs(metrics, parity)
     for r in parity.get("results", []):
         accuracy = _pct(r.get("accuracy_backend"))
-        if r.get("accuracy_backend") is not None and all_pairs and r.get("num_images", 0) // 2 < all_pairs:
+        if r.get("accuracy_backend") is not None and subset_pairs:
             # parity.max_images: the backend was scored on a subset, so say so next to PyTorch's score on it
-            accuracy += f" (on {r['num_images'] // 2} of {all_pairs} pairs; PyTorch {_pct(r['accuracy_reference'])})"
+            all_pairs = per_model["student"]["num_pairs"]
+            accuracy += f" (on {subset_pairs} of {all_pairs} pairs; PyTorch {_pct(r['accuracy_reference'])})"
         rows.append([f"student [{r['backend']}/{r['precision']}]", accuracy,
                      r["status"] + (f": {r['reason']}" if r["status"] != "pass" and r["reason"] else ""),
                      _ms(p50.get((r["backend"], r["precision"])))])
     return rows
+
+
+def parity_subset_pairs(metrics: dict, parity: dict) -> int | None:
+    """How many pairs the backends were scored on, when `parity.max_images` made that fewer than the whole set."""
+    set_name = parity.get("verification_set") or next(iter(metrics))
+    all_pairs = metrics[set_name].get("student", {}).get("num_pairs")
+    scored = next((r["num_images"] // 2 for r in parity.get("results", []) if r.get("accuracy_reference") is not None), None)
+    return scored if scored and all_pairs and scored < all_pairs else None
 
 
 def latency_accuracy_points(metrics: dict, parity: dict, latency: dict) -> tuple[list[dict], list[str]]:
@@ -132,9 +141,8 @@ def _latency_section(doc: Document, run_dir: Path, out_dir: Path, metrics: dict,
     doc.image(plot_latency_bars(rows, out_dir / "latency.png", "Student latency per backend"), "Batch-1 latency per backend: bar p50, whisker p90")
     set_name = parity.get("verification_set") or next(iter(metrics))
     points, left_out = latency_accuracy_points(metrics, parity, latency)
-    scored_images = next((r["num_images"] for r in parity.get("results", []) if r.get("accuracy_reference") is not None), None)
-    all_pairs = metrics[set_name].get("student", {}).get("num_pairs")
-    subset = f", parity subset of {scored_images // 2} pairs" if scored_images and all_pairs and scored_images // 2 < all_pairs else ""
+    subset_pairs = parity_subset_pairs(metrics, parity)
+    subset = f", parity subset of {subset_pairs} pairs" if subset_pairs else ""
     if points:
         doc.image(plot_latency_vs_accuracy(points, out_dir / "latency_vs_accuracy.png", "Latency against accuracy",
                                            f"verification accuracy on {set_name} (%)"),

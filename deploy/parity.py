@@ -29,9 +29,9 @@ from pipeline.config import GateConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.evaluation.verification import (
     accuracy_delta_points,
-    evaluate_verification,
-    fold_test_indices,
+    evaluate_similarities,
     pair_similarities,
+    pair_thresholds,
 )
 
 WORST_IMAGES_LISTED = 5
@@ -89,14 +89,15 @@ def check_parity(
     worst = [{"image": image_names[i] if image_names else int(i), "cosine": float(cosines[i])} for i in order]
     num_pairs = len(candidate) // 2
     issame = pairs.issame[:num_pairs]
-    reference_accuracy = evaluate_verification(reference[: 2 * num_pairs], issame)
-    backend_accuracy = evaluate_verification(
-        candidate[: 2 * num_pairs], issame, fold_thresholds=reference_accuracy.fold_thresholds
-    )
-    retuned_accuracy = evaluate_verification(candidate[: 2 * num_pairs], issame)
+    reference_scores = pair_similarities(reference[: 2 * num_pairs], num_pairs)
+    candidate_scores = pair_similarities(candidate[: 2 * num_pairs], num_pairs)
+    reference_accuracy = evaluate_similarities(reference_scores, issame)
+    backend_accuracy = evaluate_similarities(candidate_scores, issame, fold_thresholds=reference_accuracy.fold_thresholds)
+    retuned_accuracy = evaluate_similarities(candidate_scores, issame)
     delta = accuracy_delta_points(reference_accuracy, backend_accuracy)
-    flipped = pairs_with_flipped_decision(reference[: 2 * num_pairs], candidate[: 2 * num_pairs], issame,
-                                          reference_accuracy.fold_thresholds)
+    # Decisions at the reference's thresholds; the pairs whose decision differs are the flips.
+    thresholds = pair_thresholds(issame, reference_accuracy.fold_thresholds)
+    flipped = int(np.count_nonzero((reference_scores >= thresholds) != (candidate_scores >= thresholds)))
     failures = []
     if cosines.min() < gate.min_cosine:
         below = int((cosines < gate.min_cosine).sum())
@@ -132,18 +133,6 @@ def check_parity(
         gate=gate.model_dump(),
         details={"accuracy_backend_retuned": retuned_accuracy.accuracy},
     )
-
-
-def pairs_with_flipped_decision(
-    reference: np.ndarray, candidate: np.ndarray, issame: np.ndarray, fold_thresholds: tuple[float, ...]
-) -> int:
-    """How many pairs the backend decides differently from the reference, each at its fold's reference threshold."""
-    reference_scores = pair_similarities(reference)
-    candidate_scores = pair_similarities(candidate)
-    thresholds = np.empty(len(issame))
-    for fold, test in enumerate(fold_test_indices(issame, len(fold_thresholds))):
-        thresholds[test] = fold_thresholds[fold]
-    return int(np.count_nonzero((reference_scores >= thresholds) != (candidate_scores >= thresholds)))
 
 
 def skipped(backend: str, precision: str, reason: str) -> ParityResult:

@@ -44,8 +44,11 @@ def parity_image_rows(issame: np.ndarray, max_images: int | None) -> np.ndarray:
 
 
 def parity_subset(pairs: VerificationPairs, max_images: int | None) -> VerificationPairs:
-    """The verification images parity runs on (see `parity_image_rows`); the reference is reference[rows]."""
-    rows = parity_image_rows(pairs.issame, max_images)
+    """The verification images parity runs on (see `parity_image_rows`)."""
+    return _select_rows(pairs, parity_image_rows(pairs.issame, max_images))
+
+
+def _select_rows(pairs: VerificationPairs, rows: np.ndarray) -> VerificationPairs:
     return VerificationPairs(np.asarray(pairs.images)[rows], np.asarray(pairs.issame)[rows[0::2] // 2], pairs.name)
 
 
@@ -63,8 +66,8 @@ def parity_for_exports(
 
     `model` (the PyTorch student) enables localising the first divergent layer of a failing backend.
     """
-    subset = parity_subset(pairs, parity.max_images)
-    reference = reference[parity_image_rows(pairs.issame, parity.max_images)]
+    rows = parity_image_rows(pairs.issame, parity.max_images)
+    subset, reference = _select_rows(pairs, rows), reference[rows]
     return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model) for record in records]
 
 

@@ -63,14 +63,11 @@ def test_parity_subset_of_a_block_ordered_set_holds_both_classes_in_file_order()
 
 def test_flips_that_cancel_in_the_accuracy_still_fail_the_gate() -> None:
     """One wrong decision made right and one right decision made wrong: accuracy unchanged, two flips."""
-    from pipeline.evaluation.verification import evaluate_verification, fold_test_indices, pair_similarities
+    from pipeline.evaluation.verification import evaluate_verification, pair_similarities, pair_thresholds
 
     pairs, reference = _pairs_and_embeddings()
     issame = pairs.issame
-    folds = evaluate_verification(reference, issame).fold_thresholds
-    threshold = np.empty(len(issame))
-    for fold, test in enumerate(fold_test_indices(issame, len(folds))):
-        threshold[test] = folds[fold]
+    threshold = pair_thresholds(issame, evaluate_verification(reference, issame).fold_thresholds)
     correct = (pair_similarities(reference) >= threshold) == issame
     fixed = int(np.flatnonzero(issame & ~correct)[0])  # a same pair the reference rejects: make it identical
     broken = int(np.flatnonzero(issame & correct)[0])  # a same pair the reference accepts: make it opposite

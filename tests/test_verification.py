@@ -232,13 +232,12 @@ def test_fixed_fold_thresholds_reproduce_the_reference_and_count_only_changed_de
     again = evaluate_similarities(similarities, issame, fold_thresholds=reference.fold_thresholds)
     assert again.accuracy == reference.accuracy
     # Push one correctly-accepted same pair just below its fold's threshold: exactly one decision changes.
-    from pipeline.evaluation.verification import fold_test_indices
+    from pipeline.evaluation.verification import pair_thresholds
 
-    folds = fold_test_indices(issame, 10)
-    fold, index = next((f, i) for f, test in enumerate(folds) for i in test
-                       if issame[i] and similarities[i] >= reference.fold_thresholds[f])
+    thresholds = pair_thresholds(issame, reference.fold_thresholds)
+    index = int(np.flatnonzero(issame & (similarities >= thresholds))[0])
     moved = similarities.copy()
-    moved[index] = reference.fold_thresholds[fold] - 1e-9
+    moved[index] = thresholds[index] - 1e-9
     shifted = evaluate_similarities(moved, issame, fold_thresholds=reference.fold_thresholds)
     assert shifted.accuracy == pytest.approx(reference.accuracy - 1 / 600)
 

@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +295,7 @@ def local_batch(ctx: Distributed, batch):
     """This rank's rows of a global batch (the whole batch in a single process)."""
     if not ctx.enabled:
         return batch
-    return type(batch)(batch.step_in_epoch, ctx.local_rows(batch.indices), ctx.local_rows(batch.flipped))
+    return replace(batch, indices=ctx.local_rows(batch.indices), flipped=ctx.local_rows(batch.flipped))
 
 
 def capture_features(model: nn.Module, taps: list[str], into: dict[str, torch.Tensor], description: str) -> list:

@@ -210,9 +210,12 @@ def _fold_splits(issame: np.ndarray, num_folds: int) -> list[tuple[np.ndarray, n
     return list(splitter.split(np.zeros(len(issame)), issame))
 
 
-def fold_test_indices(issame: np.ndarray, num_folds: int) -> list[np.ndarray]:
-    """The held-out pair indices of each fold, in the order `fold_thresholds` lists them."""
-    return [test for _, test in _fold_splits(np.asarray(issame, dtype=bool), num_folds)]
+def pair_thresholds(issame: np.ndarray, fold_thresholds: Sequence[float]) -> np.ndarray:
+    """The threshold each pair is decided at: its held-out fold's entry of a result's `fold_thresholds`."""
+    thresholds = np.empty(len(issame))
+    for fold, (_, test) in enumerate(_fold_splits(np.asarray(issame, dtype=bool), len(fold_thresholds))):
+        thresholds[test] = fold_thresholds[fold]
+    return thresholds
 
 
 def _downsample_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -169,7 +169,8 @@ class StageRunner:
             decision = (cached, fingerprint, key, work_dir)
         if shared:
             cached, fingerprint, key, work_dir = self.ctx.broadcast_from_main(decision)
-            manifest = read_manifest(stage_dir) if cached else None
+            if cached and not self.ctx.is_main:
+                manifest = read_manifest(stage_dir)  # rank 0 read it when it decided
         else:
             cached, fingerprint, key, work_dir = decision
         if cached:
