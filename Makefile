@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 mobile-model: setup
 	$(PY) -m pipeline run --profile $(PROFILE) $(RUN_ARGS)
 
-test: setup
+test: setup native-deps
 	$(PY) -m pytest -q
 
 bench: setup
@@ -70,3 +70,38 @@ ablation: setup
 ablation-real: setup
 	$(PY) -m benchmarks.ablation --profile ablation_real --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
 	$(PY) -m pipeline run --profile ablation_real --runs-dir $(RUNS_DIR)
+
+# Native ncnn tools (deploy/native: face_embed, face_bench) against libncnn built from ncnn's source archive, cached in build/.
+# Debian packages: faketime (fetches the archive), cmake/g++, g++-aarch64-linux-gnu and qemu-user (ARM).
+NATIVE_PACKAGES := cmake:cmake g++:g++ faketime:faketime aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64:qemu-user
+ARM_TARGETS ?= ["host","arm64:max","arm64:cortex-a53"]
+ANDROID_NDK ?=
+ANDROID_TOOL ?= $(firstword $(wildcard build/native/android-arm64-*/bin/face_embed))
+.PHONY: native-deps native android-tools arm-parity parity-android parity-jetson
+
+native-deps:
+	@missing=""; for pair in $(NATIVE_PACKAGES); do command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then echo "native-deps: installing missing Debian packages:$$missing"; \
+	  apt-get install -y --no-install-recommends $$missing >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y --no-install-recommends $$missing >/dev/null; }; \
+	else echo "native-deps: all present ($(foreach p,$(NATIVE_PACKAGES),$(firstword $(subst :, ,$(p)))))"; fi
+
+# This machine's tools (and the phone's, with ANDROID_NDK=/path/to/ndk set).
+native: setup native-deps
+	$(PY) -m deploy.native.build --target host $(if $(ANDROID_NDK),android-arm64)
+
+android-tools: setup native-deps
+	@test -n "$(ANDROID_NDK)" || { echo "android-tools: set ANDROID_NDK=/path/to/android-ndk (r23 or newer)"; exit 2; }
+	$(PY) -m deploy.native.build --target android-arm64
+
+# The pipeline with the native parity stage on x86 and on two emulated ARM CPUs, and face_bench latency rows.
+arm-parity: setup native-deps
+	$(PY) -m pipeline run --profile $(PROFILE) --set 'native_parity.targets=$(ARM_TARGETS)' --set benchmark.native_tools=true $(RUN_ARGS)
+
+# A phone on adb: ANDROID_TOOL (default: the NDK build from `make android-tools`), ANDROID_ARGS="--serial X".
+parity-android: setup
+	$(PY) -m deploy.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) android \
+	  --tool $(or $(ANDROID_TOOL),build/native/android-arm64/bin/face_embed) $(ANDROID_ARGS)
+
+# On the Jetson (or inside its image): TensorRT engines built there from the run's ONNX export, gated like every backend.
+parity-jetson: setup
+	$(PY) -m deploy.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) here --formats tensorrt

@@ -7,6 +7,9 @@ line per model: `<name>  min = %7.2f  max = %7.2f  avg = %7.2f`, or, when given 
 Vulkan builds first print lines about the GPU (`[0 Adreno (TM) 640]  queueC=...`). It never reads the .bin
 (weights are zeros) and always turns on fp16 storage and arithmetic, which the CPU uses where it has them: it
 times the graph at ncnn's fastest settings, so its rows are labelled fp16.
+
+The project's own face_bench (deploy/native/face_bench.cpp) speaks the same command line and prints the same
+lines, plus `precision = <p>`; given `bin=` it runs the real weights. Its rows are backend "ncnn-native".
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ BENCHNCNN_PRECISION = "fp16"
 NOT_FOUND_REASON = f"benchncnn not found (set {BENCHNCNN_ENV}=/path or put it on PATH)"
 
 _SETTING = re.compile(r"^(loop_count|num_threads|powersave|gpu_device|cooling_down) = (-?\d+)\s*$")
+_PRECISION = re.compile(r"^precision = (fp32|fp16|int8)\s*$")  # face_bench only
+NATIVE_BACKEND = "ncnn-native"
 _NUMBER = r"\d+(?:\.\d+)?"
 _MODEL_LINE = re.compile(
     rf"^\s*(?P<name>\S.*?)\s+(?:(?P<device>cpu|gpu)\s+)?min =\s*(?P<min>{_NUMBER})\s+max =\s*(?P<max>{_NUMBER})"
@@ -52,6 +57,7 @@ class BenchncnnOutput:
     settings: dict[str, int] = field(default_factory=dict)
     lines: list[BenchncnnLine] = field(default_factory=list)
     gpu_info: dict[str, list[str]] = field(default_factory=dict)  # "0 Adreno (TM) 640" -> its info lines
+    precision: str = BENCHNCNN_PRECISION  # benchncnn's fixed setting; face_bench says which it ran
 
 
 def parse_benchncnn_output(text: str, source: str = "benchncnn output") -> BenchncnnOutput:
@@ -61,6 +67,8 @@ def parse_benchncnn_output(text: str, source: str = "benchncnn output") -> Bench
         line = raw.rstrip()
         if setting := _SETTING.match(line.strip()):
             output.settings[setting.group(1)] = int(setting.group(2))
+        elif precision := _PRECISION.match(line.strip()):
+            output.precision = precision.group(1)
         elif gpu := _GPU_INFO.match(line.strip()):
             output.gpu_info.setdefault(f"{gpu.group(1)} {gpu.group(2)}", []).append(gpu.group(3))
         elif model := _MODEL_LINE.match(line):
@@ -82,7 +90,8 @@ def benchncnn_arguments(param: str, input_whc: tuple[int, int, int], loop_count:
             f"param={param}", f"shape=[{width},{height},{channels}]"]
 
 
-def results_from_benchncnn(output: BenchncnnOutput, param_name: str, model_bytes: int | None = None, batch: int = 1) -> list[LatencyResult]:
+def results_from_benchncnn(output: BenchncnnOutput, param_name: str, model_bytes: int | None = None, batch: int = 1,
+                           backend: str = BENCHNCNN_BACKEND, tool: str = "benchncnn") -> list[LatencyResult]:
     """The lines benchncnn printed for `param_name` as latency rows (min/max/avg only: percentiles stay empty).
 
     benchncnn names a user model by the param path it was given; a run that printed no line for it failed.
@@ -94,10 +103,10 @@ def results_from_benchncnn(output: BenchncnnOutput, param_name: str, model_bytes
     results = []
     for line in lines:
         results.append(LatencyResult(
-            BENCHNCNN_BACKEND if line.device == "cpu" else f"{BENCHNCNN_BACKEND}-gpu", BENCHNCNN_PRECISION,
+            backend if line.device == "cpu" else f"{backend}-gpu", output.precision,
             settings.get("num_threads", 0), batch, settings.get("loop_count", 0),
             None, None, None, line.avg_ms, None, line.min_ms, line.max_ms, round(batch * 1000 / line.avg_ms, 2),
-            model_bytes=model_bytes, tool="benchncnn",
+            model_bytes=model_bytes, tool=tool,
             settings={k: v for k, v in settings.items() if k not in {"num_threads", "loop_count"}}
             | ({"user_ms": line.user_ms, "sys_ms": line.sys_ms} if line.user_ms is not None else {}),
         ))
@@ -120,9 +129,9 @@ def find_benchncnn(configured: str | None = None, runs_here: bool = True) -> tup
 
 
 def run_benchncnn_here(binary: Path, param_path: Path, input_whc: tuple[int, int, int], loop_count: int, threads: int,
-                       timeout_s: float = 600) -> BenchncnnOutput:
-    """Run benchncnn on this machine (the desktop C++ path) and parse it; it prints its figures on stderr."""
-    arguments = benchncnn_arguments(str(param_path.resolve()), input_whc, loop_count, threads)
+                       timeout_s: float = 600, extra: tuple[str, ...] = ()) -> BenchncnnOutput:
+    """Run benchncnn (or face_bench, with `extra` keys such as bin=, precision=) here and parse what it printed on stderr."""
+    arguments = [*benchncnn_arguments(str(param_path.resolve()), input_whc, loop_count, threads), *extra]
     completed = subprocess.run([str(binary), *arguments], capture_output=True, text=True, timeout=timeout_s, check=False)
     text = completed.stderr + completed.stdout
     if completed.returncode != 0:
@@ -152,3 +161,30 @@ def benchncnn_here(export_dir: Path, export_records: list[dict], input_whc: tupl
     except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
         return [], [{"backend": BENCHNCNN_BACKEND, "precision": BENCHNCNN_PRECISION, "reason": f"benchncnn failed: {exc}"}]
     return results, []
+
+
+def face_bench_here(export_dir: Path, export_records: list[dict], input_whc: tuple[int, int, int], thread_counts: list[int],
+                    loop_count: int) -> tuple[list[LatencyResult], list[dict]]:
+    """The project's face_bench on every ncnn export, real weights at the export's precision (builds the host tools
+    on first use, minutes, cached in build/); else why it was skipped."""
+    from deploy.native.build import build_tools, get_target
+    from pipeline.errors import PipelineError
+
+    records = [r for r in export_records if r["format"] == "ncnn" and r["status"] == "exported"]
+    if not records:
+        return [], []
+    try:
+        binary = build_tools(get_target("host")).bench
+    except PipelineError as exc:
+        return [], [{"backend": NATIVE_BACKEND, "precision": r["precision"], "reason": f"native tools not built: {exc}"} for r in records]
+    results, skipped = [], []
+    for record in records:
+        param, weights = (export_dir / name for name in record["files"])
+        try:
+            for threads in thread_counts:
+                output = run_benchncnn_here(binary, param, input_whc, loop_count, threads,
+                                            extra=(f"bin={weights.resolve()}", f"precision={record['precision']}"))
+                results += results_from_benchncnn(output, param.name, record.get("bytes"), backend=NATIVE_BACKEND, tool="face_bench")
+        except (RuntimeError, ValueError, OSError, subprocess.TimeoutExpired) as exc:
+            skipped.append({"backend": NATIVE_BACKEND, "precision": record["precision"], "reason": f"face_bench failed: {exc}"})
+    return results, skipped

@@ -255,7 +255,7 @@ def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: Prepr
                        model: dict | None = None) -> dict:
     """Every runnable export (plus `extra_targets`, e.g. PyTorch), and ncnn's benchncnn and TensorRT's trtexec where
     present (trtexec builds its engines into `engine_dir`): the result document."""
-    from benchmarks.benchncnn import benchncnn_here
+    from benchmarks.benchncnn import benchncnn_here, face_bench_here
     from benchmarks.trtexec import trtexec_here
     from benchmarks.host import describe_host, runtime_versions
 
@@ -273,6 +273,10 @@ def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: Prepr
             skipped.append({"backend": target.backend, "precision": target.precision, "reason": f"failed: {exc.__class__.__name__}: {exc}"})
     native_results, native_skipped = benchncnn_here(export_dir, export_records, (spec.width, spec.height, 3), thread_counts,
                                                     settings.benchncnn_loops, settings.benchncnn)
+    if settings.native_tools:
+        face_results, face_skipped = face_bench_here(export_dir, export_records, (spec.width, spec.height, 3), thread_counts,
+                                                     settings.benchncnn_loops)
+        native_results, native_skipped = native_results + face_results, native_skipped + face_skipped
     engine_results, engine_skipped = trtexec_here(export_dir, export_records, spec.input_name, (3, spec.height, spec.width),
                                                   [1, settings.throughput_batch], engine_dir)
     return latency_document([*results, *native_results, *engine_results], [*skipped, *native_skipped, *engine_skipped], device,

@@ -17,6 +17,7 @@ from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
+from pipeline.stages.parity_stage import NATIVE_PARITY_DIR, NATIVE_PARITY_FILE, all_parity_results
 
 log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher (ViT)", "student_nokd": "student, no distillation", "student": "student, distilled"}
@@ -151,6 +152,29 @@ def _latency_section(doc: Document, run_dir: Path, out_dir: Path, metrics: dict,
     _devices_section(doc, run_dir / DEVICES_DIR)
 
 
+def _native_targets_section(doc: Document, run_dir: Path) -> None:
+    """Where the native ncnn rows ran: the CPU features ncnn detected there and the kernels its build compiled in.
+
+    A feature counts only where both say yes: that is the proof of which kernels (fp16 arithmetic, dot-product) ran.
+    """
+    path = run_dir / NATIVE_PARITY_DIR / NATIVE_PARITY_FILE
+    targets = json.loads(path.read_text()).get("targets", []) if path.is_file() else []
+    if not targets:
+        return
+    doc.paragraph("Native rows: the exported ncnn model through the project's C++ tool (deploy/native/face_embed), "
+                  "built against libncnn from ncnn's sources. Emulated rows run ncnn's ARM kernels under qemu-aarch64: "
+                  "their numbers are the ARM kernels' real numbers; emulated time is not latency and is not reported.")
+    rows = []
+    for target in targets:
+        features = target.get("cpu_features", {})
+        detected = [k for k, v in features.items() if k not in {"isa", "compiled", "cpu_count", "big_cpu_count"} and v == 1]
+        build = target.get("build", {})
+        rows.append([target["label"], features.get("isa", "?"), " ".join(detected) or "none",
+                     (features.get("compiled") or "").strip() or "baseline only",
+                     f"{build.get('ncnn_build_seconds', 0):.0f} + {build.get('tools_build_seconds', 0):.0f}"])
+    doc.table(["where", "ISA", "CPU features ncnn detected", "kernel variants compiled in", "build s (libncnn + tools)"], rows)
+
+
 def _devices_section(doc: Document, devices_dir: Path) -> None:
     """Latency files from other devices (phones over adb, boards), so their rows sit beside this machine's."""
     files = sorted(devices_dir.glob("*.json")) if devices_dir.is_dir() else []
@@ -214,7 +238,7 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
     """Collect every stage's results from `run_dir` and write report.md, report.html and PNGs into `out_dir`."""
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    parity = json.loads((run_dir / "parity" / "parity.json").read_text())
+    parity = all_parity_results(run_dir)
     latency = load_latency_document(run_dir / "benchmark" / "latency.json")
     manifests = {path.parent.name: json.loads(path.read_text()) for path in sorted(run_dir.glob("*/manifest.json"))}
 
@@ -257,6 +281,7 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
                 f"cos ≥ {r['gate']['min_cosine']}, |Δ| ≤ {r['gate']['max_accuracy_delta_points']}" if r.get("gate") else "—",
                 r.get("reason", "")] for r in parity["results"]])
 
+    _native_targets_section(doc, run_dir)
     _latency_section(doc, run_dir, out_dir, metrics, parity, latency)
     _cost_section(doc, run_dir, manifests)
     _ablation_section(doc, run_dir)

@@ -175,16 +175,21 @@ def onnx_module_path(node_name: str) -> str:
 
 
 def ncnn_layer_outputs(param_path: str | Path, bin_path: str | Path, spec: PreprocessSpec, precision: str,
-                       batch: np.ndarray) -> list[LayerOutput]:
-    """Every layer's top blob, extracted by name from one run of the net (light mode off)."""
+                       batch: np.ndarray, runner=None) -> list[LayerOutput]:
+    """Every layer's top blob, extracted by name from one run of the net (light mode off).
+
+    `runner`: anything with `extract_blobs(image_chw, names)` (the native tool's runner); default the Python binding.
+    """
     from deploy.runners.ncnn_runner import NcnnRunner, read_param_layers
 
     layers = [layer for layer in read_param_layers(param_path) if _ncnn_kind(layer) is not None]
-    runner = NcnnRunner(param_path, bin_path, spec, precision)
+    owned = runner is None
+    runner = NcnnRunner(param_path, bin_path, spec, precision) if owned else runner
     try:
         blobs = runner.extract_blobs(batch[0], [layer.output_blobs[0] for layer in layers])
     finally:
-        runner.close()
+        if owned:
+            runner.close()
     return [LayerOutput(layer.layer_name, layer.layer_type, _ncnn_kind(layer), blobs[layer.output_blobs[0]],
                         fused_activation=layer.param_int(9) != 0)
             for layer in layers]

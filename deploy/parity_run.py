@@ -8,6 +8,8 @@ one-line summary into its reason).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,7 @@ import numpy as np
 from deploy.formats import get_format
 from deploy.parity import ParityResult, check_parity, skipped
 from deploy.preprocess import PreprocessSpec
+from deploy.runners.base import Runner
 from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
 
@@ -23,6 +26,21 @@ if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """Which runner parity puts an export through: its format's own (the default), or another over the same files
+    (the native ncnn tool on this machine, under qemu, or on a phone), with the label its rows carry."""
+
+    label: str
+    make_runner: Callable[[Path, dict, PreprocessSpec, int], Runner]
+    layer_outputs: Callable[[Path, dict, PreprocessSpec, np.ndarray], list] | None = None
+
+
+def format_runner(format_name: str) -> RunnerChoice:
+    export_format = get_format(format_name)
+    return RunnerChoice(format_name, export_format.make_runner, export_format.layer_outputs)
 
 
 def parity_image_rows(issame: np.ndarray, max_images: int | None) -> np.ndarray:
@@ -61,14 +79,16 @@ def parity_for_exports(
     parity: ParityConfig,
     threads: int = 1,
     model: nn.Module | None = None,
+    runner: RunnerChoice | None = None,
 ) -> list[ParityResult]:
     """Embed `pairs` with each exported model's runner and gate it against the PyTorch `reference` embeddings.
 
-    `model` (the PyTorch student) enables localising the first divergent layer of a failing backend.
+    `model` (the PyTorch student) enables localising the first divergent layer of a failing backend; `runner`
+    replaces every format's own runner (the native tool).
     """
     rows = parity_image_rows(pairs.issame, parity.max_images)
     subset, reference = _select_rows(pairs, rows), reference[rows]
-    return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model) for record in records]
+    return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model, runner) for record in records]
 
 
 def parity_for_record(
@@ -80,9 +100,11 @@ def parity_for_record(
     parity: ParityConfig,
     threads: int = 1,
     model: nn.Module | None = None,
+    runner: RunnerChoice | None = None,
 ) -> ParityResult:
     """One export record -> one result, whatever happened to it (exported, skipped, dropped, failed)."""
-    backend, precision = record["format"], record["precision"]
+    choice = runner or format_runner(record["format"])
+    backend, precision = choice.label, record["precision"]
     status = record.get("status")
     if status == "dropped":
         return dropped_result(record)
@@ -90,8 +112,7 @@ def parity_for_record(
         return skipped(backend, precision, record.get("reason", "export skipped"))
     if status != "exported":
         return ParityResult(backend, precision, "error", f"export failed: {record.get('error', 'unknown error')}")
-    export_format = get_format(backend)
-    runnable, why_not = export_format.runnable_here()
+    runnable, why_not = get_format(record["format"]).runnable_here() if runner is None else (True, "")
     if not runnable:
         if record.get("validated"):
             facts = ", ".join(f"{k} {v}" for k, v in record["validated"].items())
@@ -104,29 +125,29 @@ def parity_for_record(
     if gate is None:
         return ParityResult(backend, precision, "error", f"no parity gate configured for precision {precision!r}")
     try:
-        runner = export_format.make_runner(export_dir, record, spec, threads)
+        backend_runner = choice.make_runner(export_dir, record, spec, threads)
         try:
-            candidate = runner.embed(subset.images, batch_size=32, progress=True)
+            candidate = backend_runner.embed(subset.images, batch_size=32, progress=True)
         finally:
-            runner.close()
+            backend_runner.close()
     except Exception as error:  # a runner that cannot load or run the export is a result, not a crash
         log.error("parity %s/%s: %s", backend, precision, error)
         return ParityResult(backend, precision, "error", f"could not run the export: {type(error).__name__}: {error}")
     result = check_parity(backend, precision, reference, candidate, subset, gate)
     result.bytes = record.get("bytes")
     if result.cosine_min is not None and result.cosine_min < gate.min_cosine and parity.localize:
-        _localise(result, export_dir, record, spec, subset, gate, model)
+        _localise(result, choice, export_dir, record, spec, subset, gate, model)
     log.info("parity %s: %s (cos min %.6f, mean %.6f, max abs %.2e, accuracy delta %+.2f pts)%s", result.label, result.status,
              result.cosine_min, result.cosine_mean, result.max_abs_diff, result.accuracy_delta_points,
              f": {result.reason}" if result.reason else "")
     return result
 
 
-def _localise(result: ParityResult, export_dir: Path, record: dict, spec: PreprocessSpec, subset: VerificationPairs,
-              gate: GateConfig, model: nn.Module | None) -> None:
-    """Name the first layer that diverges on the worst image, where the format can list its layer outputs."""
-    export_format = get_format(record["format"])
-    if export_format.layer_outputs is None or model is None:
+def _localise(result: ParityResult, choice: RunnerChoice, export_dir: Path, record: dict, spec: PreprocessSpec,
+              subset: VerificationPairs, gate: GateConfig, model: nn.Module | None) -> None:
+    """Name the first layer that diverges on the worst image, where the runner can list its layer outputs."""
+    layer_outputs = choice.layer_outputs
+    if layer_outputs is None or model is None:
         why = "the format lists no layer outputs" if model is not None else "no PyTorch model given"
         result.details["localisation"] = f"not attempted: {why}"
         return
@@ -135,7 +156,7 @@ def _localise(result: ParityResult, export_dir: Path, record: dict, spec: Prepro
     worst = int(result.worst_images[0]["image"])
     try:
         divergence = first_divergent_layer(
-            model, lambda batch: export_format.layer_outputs(export_dir, record, spec, batch), subset.images[worst], spec,
+            model, lambda batch: layer_outputs(export_dir, record, spec, batch), subset.images[worst], spec,
             gate.min_cosine, image_label=worst,
         )
     except Exception as error:  # localisation is a diagnosis; its failure must not hide the parity result

@@ -58,7 +58,7 @@ def run_command(args: argparse.Namespace) -> int:
     from benchmarks.report import summary_rows
     from pipeline.distill.distributed import init_from_environment, shutdown
     from pipeline.stages import STAGES
-    from pipeline.stages.parity_stage import failed_parity
+    from pipeline.stages.parity_stage import all_parity_results, failed_parity
     from pipeline.stages.runner import StageRunner
 
     overrides = parse_overrides(args.overrides)
@@ -84,7 +84,7 @@ def run_command(args: argparse.Namespace) -> int:
     if not report.is_file():
         return 0
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    parity = json.loads((run_dir / "parity" / "parity.json").read_text())
+    parity = all_parity_results(run_dir)
     latency = json.loads((run_dir / "benchmark" / "latency.json").read_text())
     print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
     for row in summary_rows(metrics, parity, latency):

@@ -199,6 +199,27 @@ class ParityConfig(Section):
     localize: bool = Field(True, description="on a numeric failure, name the first layer that diverges (ONNX, ncnn)")
 
 
+class NativeParityConfig(Section):
+    """Parity of the ncnn export through the project's C++ tool (deploy/native): ncnn's C++ path on this machine
+    ("host") and ncnn's ARM kernels under qemu-aarch64 ("arm64:<qemu cpu>": "arm64:max" has ARMv8.2 fp16 arithmetic
+    and dot-product, "arm64:cortex-a53" plain ARMv8.0). The first use builds libncnn and the tools (minutes, cached
+    in build/). No targets: the stage records nothing."""
+
+    targets: list[str] = Field([], description='"host", "arm64:max", "arm64:cortex-a53", ...')
+    precisions: list[Literal["fp32", "fp16", "int8"]] = ["fp32", "fp16", "int8"]
+    max_images: int | None = Field(200, ge=2, description="parity subset (emulation runs about 30x slower than native)")
+    threads: int = Field(1, ge=1)
+
+    @field_validator("targets")
+    @classmethod
+    def _known_targets(cls, targets: list[str]) -> list[str]:
+        from deploy.native.tool_host import parse_target_entry
+
+        for entry in targets:
+            parse_target_entry(entry)
+        return targets
+
+
 class ExportConfig(Section):
     """Formats as "name" (every precision the format has) or "name:p1,p2"; see deploy/formats.py for the table."""
 
@@ -227,6 +248,8 @@ class BenchmarkConfig(Section):
     throughput_runs: int = Field(5, ge=1)
     benchncnn: str | None = Field(None, description="ncnn's benchncnn for the desktop C++ row (else $BENCHNCNN, then PATH)")
     benchncnn_loops: int = Field(50, ge=1)
+    native_tools: bool = Field(False, description="time every ncnn export with the project's face_bench too (C++ API, real "
+                                                  "weights; builds libncnn and the tools on first use, minutes, cached in build/)")
     distill_speed_steps: int = Field(6, ge=0, description="training steps timed per variant; 0 skips the benchmark")
 
 
@@ -239,6 +262,7 @@ class RunConfig(Section):
     distill: DistillConfig = DistillConfig()
     export: ExportConfig = ExportConfig()
     parity: ParityConfig = ParityConfig()
+    native_parity: NativeParityConfig = NativeParityConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
 

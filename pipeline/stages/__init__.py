@@ -1,4 +1,4 @@
-"""The pipeline's stages in run order: data -> teacher -> baseline -> distill -> evaluate -> export -> parity -> benchmark -> report."""
+"""The pipeline's stages in run order: data -> teacher -> baseline -> distill -> evaluate -> export -> parity -> native_parity -> benchmark -> report."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pipeline.stages.benchmark_stage import run_benchmark_stage
 from pipeline.stages.data_stage import run_data_stage
 from pipeline.stages.evaluate_stage import run_evaluate_stage
 from pipeline.stages.export_stage import run_export_stage
+from pipeline.stages.native_parity_stage import run_native_parity_stage
 from pipeline.stages.parity_stage import run_parity_stage
 from pipeline.stages.report_stage import run_report_stage
 from pipeline.stages.runner import Stage
@@ -23,9 +24,12 @@ STAGES: list[Stage] = [
     Stage("evaluate", run_evaluate_stage, ("data", "teacher", "baseline", "distill"), (), description="verification accuracy of teacher and students"),
     Stage("export", run_export_stage, ("data", "distill"), ("export", "parity"), description="export the student to every configured format"),
     Stage("parity", run_parity_stage, ("data", "distill", "evaluate", "export"), ("parity",), description="numeric and accuracy parity of every backend"),
+    Stage("native_parity", run_native_parity_stage, ("data", "distill", "evaluate", "export"), ("native_parity", "parity"),
+          description="the ncnn export through the project's C++ tool: x86, and ARM kernels under qemu"),
     Stage("benchmark", run_benchmark_stage, ("data", "teacher", "distill", "export"), ("benchmark",),
           description="latency of every runnable backend, FLOPs, and the teacher's training cost"),
-    Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "benchmark"), ("run_name",),
+    Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark"),
+          ("run_name",),
           description="report.md and report.html"),
 ]
 

@@ -7,24 +7,40 @@ non-zero (see `failed_parity`). A numeric failure of ONNX or ncnn also names the
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from deploy.parity_run import parity_for_exports
 from deploy.preprocess import PreprocessSpec
+from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_array, load_verification_sets
-from pipeline.models.saved import load_model
 from pipeline.stages.common import read_json, write_json
 from pipeline.stages.evaluate_stage import reference_embeddings_name
 from pipeline.stages.export_stage import EXPORTS_FILE, MODEL_MANIFEST
 from pipeline.stages.runner import StageContext
 
+if TYPE_CHECKING:
+    from torch import nn
+
 PARITY_FILE = "parity.json"
+
+
+def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.ndarray, nn.Module]:
+    """What every parity run compares: the export's preprocessing, the first verification set, PyTorch's embeddings
+    of it, and the PyTorch student (for localising a failing backend's first bad layer)."""
+    from pipeline.models.saved import load_model
+
+    spec = PreprocessSpec.load(run_dir / "export" / MODEL_MANIFEST)
+    pairs = load_verification_sets(run_dir / "data")[0]
+    reference = load_array(run_dir / "evaluate" / reference_embeddings_name(pairs.name), mmap=False)
+    return spec, pairs, reference, load_model(run_dir / "distill", "student")
 
 
 def run_parity_stage(context: StageContext) -> None:
     export_dir = context.input_dir("export")
-    spec = PreprocessSpec.load(export_dir / MODEL_MANIFEST)
-    pairs = load_verification_sets(context.input_dir("data"))[0]
-    reference = load_array(context.input_dir("evaluate") / reference_embeddings_name(pairs.name), mmap=False)
-    student = load_model(context.input_dir("distill"), "student")  # for localising a failing backend's first bad layer
+    spec, pairs, reference, student = parity_inputs(context.run_dir)
     results = parity_for_exports(export_dir, read_json(export_dir / EXPORTS_FILE), spec, pairs, reference, context.config.parity,
                                  model=student)
     write_json(context.out_dir, PARITY_FILE, {"verification_set": pairs.name, "results": [r.to_dict() for r in results]})
@@ -38,3 +54,22 @@ def failed_parity(parity_payload: dict) -> list[dict]:
     do not count: neither is shipped as a working model.
     """
     return [r for r in parity_payload["results"] if r["status"] in {"fail", "error"}]
+
+
+NATIVE_PARITY_DIR, NATIVE_PARITY_FILE = "native_parity", "native_parity.json"
+DEVICE_PARITY_GLOB = "devices/parity/*.json"  # written by `make parity-android` / the Jetson image, same schema
+
+
+def all_parity_results(run_dir: Path) -> dict:
+    """Every parity row of a run: the parity stage's, the native tool's (x86, emulated ARM) and devices' files.
+
+    One table in the report and one exit status: a backend that fails on a phone fails like one that fails here.
+    """
+    payload = read_json(run_dir / "parity" / PARITY_FILE)
+    results = list(payload["results"])
+    native = run_dir / NATIVE_PARITY_DIR / NATIVE_PARITY_FILE
+    if native.is_file():
+        results += read_json(native)["results"]
+    for device_file in sorted(run_dir.glob(DEVICE_PARITY_GLOB)):
+        results += read_json(device_file)["results"]
+    return {"verification_set": payload.get("verification_set"), "results": results}
