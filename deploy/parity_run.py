@@ -66,6 +66,12 @@ def parity_subset(pairs: VerificationPairs, max_images: int | None) -> Verificat
     return _select_rows(pairs, parity_image_rows(pairs.issame, max_images))
 
 
+def subset_and_reference(pairs: VerificationPairs, reference: np.ndarray, max_images: int | None) -> tuple[VerificationPairs, np.ndarray]:
+    """The parity subset and PyTorch's embeddings of exactly those images."""
+    rows = parity_image_rows(pairs.issame, max_images)
+    return _select_rows(pairs, rows), reference[rows]
+
+
 def _select_rows(pairs: VerificationPairs, rows: np.ndarray) -> VerificationPairs:
     return VerificationPairs(np.asarray(pairs.images)[rows], np.asarray(pairs.issame)[rows[0::2] // 2], pairs.name)
 
@@ -86,8 +92,7 @@ def parity_for_exports(
     `model` (the PyTorch student) enables localising the first divergent layer of a failing backend; `runner`
     replaces every format's own runner (the native tool).
     """
-    rows = parity_image_rows(pairs.issame, parity.max_images)
-    subset, reference = _select_rows(pairs, rows), reference[rows]
+    subset, reference = subset_and_reference(pairs, reference, parity.max_images)
     return [parity_for_record(export_dir, record, spec, subset, reference, parity, threads, model, runner) for record in records]
 
 
@@ -136,14 +141,14 @@ def parity_for_record(
     result = check_parity(backend, precision, reference, candidate, subset, gate)
     result.bytes = record.get("bytes")
     if result.cosine_min is not None and result.cosine_min < gate.min_cosine and parity.localize:
-        _localise(result, choice, export_dir, record, spec, subset, gate, model)
+        localise_failure(result, choice, export_dir, record, spec, subset, gate, model)
     log.info("parity %s: %s (cos min %.6f, mean %.6f, max abs %.2e, accuracy delta %+.2f pts)%s", result.label, result.status,
              result.cosine_min, result.cosine_mean, result.max_abs_diff, result.accuracy_delta_points,
              f": {result.reason}" if result.reason else "")
     return result
 
 
-def _localise(result: ParityResult, choice: RunnerChoice, export_dir: Path, record: dict, spec: PreprocessSpec,
+def localise_failure(result: ParityResult, choice: RunnerChoice, export_dir: Path, record: dict, spec: PreprocessSpec,
               subset: VerificationPairs, gate: GateConfig, model: nn.Module | None) -> None:
     """Name the first layer that diverges on the worst image, where the runner can list its layer outputs."""
     layer_outputs = choice.layer_outputs

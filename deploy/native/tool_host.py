@@ -6,6 +6,7 @@ code that builds a face_embed command line and reads its result is the same for 
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import shutil
@@ -75,16 +76,18 @@ class LocalHost(ToolHost):
     def __init__(self, tool: Path, prefix: list[str], label: str, kind: str, device: dict) -> None:
         self.tool, self.prefix, self.label, self.kind, self.device = tool, prefix, label, kind, device
         self._scratch = Path(tempfile.mkdtemp(prefix="face-native-"))
+        self._serial = itertools.count()  # concurrent runs on one host write to distinct names
 
     def place(self, local: Path) -> str:
         return str(Path(local).resolve())
 
     def output_path(self, name: str) -> str:
-        return str(self._scratch / name)
+        return str(self._scratch / f"{next(self._serial)}_{name}")
 
     def output_dir(self, name: str) -> str:
-        (self._scratch / name).mkdir(parents=True, exist_ok=True)
-        return str(self._scratch / name)
+        folder = Path(self.output_path(name))
+        folder.mkdir(parents=True, exist_ok=True)
+        return str(folder)
 
     def fetch(self, tool_path: str, local: Path) -> None:
         shutil.move(tool_path, local)

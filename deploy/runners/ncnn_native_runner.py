@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from deploy.native.tool_host import ToolHost, ToolRunError
 from deploy.preprocess import PreprocessSpec
@@ -62,14 +63,18 @@ class NativeNcnnRunner(Runner):
         return embeddings.astype(np.float32)
 
     def embed(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """Raw faces in: the tool preprocesses them (mean, std, channel order from the manifest)."""
+        """Raw faces in: the tool preprocesses them (mean, std, channel order from the manifest). One tool run per
+        `batch_size` faces, so a slow host (qemu, a phone) shows progress."""
         if images_rgb.ndim != 4 or images_rgb.shape[1:] != (self.spec.height, self.spec.width, 3):
             raise ValueError(f"expected (N, {self.spec.height}, {self.spec.width}, 3) uint8 faces, got {images_rgb.shape}")
         if len(images_rgb) == 0:
             return np.zeros((0, self.spec.embedding_dim), np.float32)
         spec = self.spec
         preprocessing = ["--mean", ",".join(map(str, spec.mean)), "--std", ",".join(map(str, spec.std)), "--color", spec.color_order]
-        return self._embeddings(np.asarray(images_rgb, dtype=np.uint8), preprocessing)
+        starts = range(0, len(images_rgb), max(1, batch_size))
+        chunks = [self._embeddings(np.asarray(images_rgb[start : start + batch_size], dtype=np.uint8), preprocessing)
+                  for start in tqdm(starts, desc=f"embed {self.label}", disable=not progress, leave=False)]
+        return np.concatenate(chunks)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 3:

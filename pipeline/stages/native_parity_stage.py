@@ -10,11 +10,13 @@ Each target's row names the CPU features ncnn detected there and the kernel vari
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from deploy.localize import ncnn_layer_outputs
 from deploy.native.tool_host import LocalHost, open_local_host
 from deploy.parity import ParityResult
-from deploy.parity_run import RunnerChoice, parity_for_exports
+from deploy.parity_run import RunnerChoice, localise_failure, parity_for_record, subset_and_reference
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_native_runner import NativeNcnnRunner
 from pipeline.stages.common import read_json, write_json
@@ -53,24 +55,38 @@ def run_native_parity_stage(context: StageContext) -> None:
         write_json(context.out_dir, NATIVE_PARITY_FILE, payload | {"skipped": why})
         return
     spec, pairs, reference, student = parity_inputs(context.run_dir)
-    payload["verification_set"] = pairs.name
-    parity = context.config.parity.model_copy(update={"max_images": settings.max_images})
-    results: list[ParityResult] = []
-    for entry in settings.targets:
+    subset, subset_reference = subset_and_reference(pairs, reference, settings.max_images)
+    hosts = []
+    for entry in settings.targets:  # builds (cached) one target at a time: each build already uses every core
         host, build_facts = open_local_host(entry)
-        try:
-            features = host.cpu_features()
-            log.info("native parity on %s: ncnn detects %s", host.label, features)
-            rows = parity_for_exports(export_dir, records, spec, pairs, reference, parity, settings.threads, student,
-                                      runner=native_runner_choice(host))
-        finally:
-            host.close()
-        for row in rows:
-            row.details.update({"target": entry, "cpu_features": features, "device": host.device,
-                                "timing": "not recorded: emulated time is not latency" if host.kind == "emulated" else "see benchmark"})
-        results += rows
+        features = host.cpu_features()
+        log.info("native parity on %s: ncnn detects %s", host.label, features)
+        hosts.append(host)
         payload["targets"].append({"entry": entry, "label": host.label, "device": host.device, "cpu_features": features,
                                    "build": build_facts})
+    # Emulation is slow and single-threaded (qemu-user gains nothing from ncnn's threads): rows run side by side, one
+    # per core, without localisation; a failing row is localised afterwards, one at a time.
+    parity = context.config.parity.model_copy(update={"max_images": settings.max_images, "localize": False})
+    jobs = [(entry, host, target, record) for entry, host, target in zip(settings.targets, hosts, payload["targets"]) for record in records]
+
+    def run_row(job) -> ParityResult:
+        entry, host, target, record = job
+        return parity_for_record(export_dir, record, spec, subset, subset_reference, parity, settings.threads, None,
+                                 runner=native_runner_choice(host))
+
+    workers = settings.workers or os.cpu_count() or 1
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(run_row, jobs))
+        for (entry, host, target, record), result in zip(jobs, results):
+            gate = parity.gates[record["precision"]]
+            if context.config.parity.localize and result.cosine_min is not None and result.cosine_min < gate.min_cosine:
+                localise_failure(result, native_runner_choice(host), export_dir, record, spec, subset, gate, student)
+            result.details.update({"target": entry, "cpu_features": target["cpu_features"], "device": host.device,
+                                   "timing": "not recorded: emulated time is not latency" if host.kind == "emulated" else "see benchmark"})
+    finally:
+        for host in hosts:
+            host.close()
     payload["results"] = [r.to_dict() for r in results]
     write_json(context.out_dir, NATIVE_PARITY_FILE, payload)
     context.summary["native_parity"] = {r.label: r.status for r in results}
