@@ -97,7 +97,8 @@ def _export_ncnn(request: ExportRequest) -> dict:
     else:
         from deploy.export.ncnn_export import export_ncnn
 
-        record = export_ncnn(request.model, request.spec, request.out_dir, request.precision)
+        record = export_ncnn(request.model, request.spec, request.out_dir, request.precision,
+                             fp16_arithmetic_off=tuple(request.options.get("ncnn_fp16_arithmetic_off", ())))
     return {"files": [Path(record["param"]).name, Path(record["bin"]).name],
             **{k: v for k, v in record.items() if k not in {"param", "bin", "precision"}}}
 

@@ -233,6 +233,10 @@ class ExportConfig(Section):
         "percentile", description="activation range of ONNX and ncnn INT8: 99.999th percentile of |x|, KL-optimal, or max")
     int8_depthwise_fp32: bool = Field(True, description="keep depthwise convolutions in fp32 in ONNX and ncnn INT8")
     ncnn_int8_float_layers: list[str] = Field([], description="more ncnn layer names to keep fp32 in the int8 model")
+    ncnn_fp16_arithmetic_off: list[str] = Field(["ConvolutionDepthWise"], description=(
+        "ncnn layer types or names the fp16 model runs without fp16 arithmetic (ncnn's featmask; fp16 storage stays). "
+        "Measured under qemu -cpu max: ARMv8.2 fp16 arithmetic in ConvolutionDepthWise took the default student to "
+        "cosine 0.989 (fp16 gate 0.999); with it off there, 0.99998 (README)"))
     int8_gate: bool = Field(True, description="drop an INT8 export that fails parity.gates.int8 instead of shipping it")
     tensorrt_opt_batch: int = Field(1, ge=1, description="the batch TensorRT tunes kernels for")
     tensorrt_workspace_mib: int = Field(1024, ge=16)

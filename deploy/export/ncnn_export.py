@@ -18,6 +18,7 @@ from pathlib import Path
 import pnnx
 import torch
 
+from deploy.export.ncnn_model import mask_fp16_arithmetic
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
 from pipeline.artifacts import atomic_path
@@ -42,9 +43,11 @@ def export_ncnn(
     out_dir: Path,
     precision: str = "fp32",
     name: str = "student",
+    fp16_arithmetic_off: tuple[str, ...] = (),
 ) -> dict:
     """Trace `model` at batch 1 and convert it with pnnx; fp16 stores weights as fp16 (pnnx fp16=1).
 
+    `fp16_arithmetic_off` (fp16 only): layer types or names that run without fp16 arithmetic on CPUs that have it.
     Returns the written paths, the blob names read back from the .param, sizes and timings.
     """
     if precision not in PNNX_PRECISIONS:
@@ -62,6 +65,7 @@ def export_ncnn(
         converted_param, converted_bin = work_dir / f"{name}.ncnn.param", work_dir / f"{name}.ncnn.bin"
         if not converted_param.is_file() or not converted_bin.is_file():
             raise RuntimeError(f"pnnx wrote no ncnn param/bin for {traced_path}; its output ends:\n{pnnx_log[-2000:]}")
+        masked = mask_fp16_arithmetic(converted_param, fp16_arithmetic_off) if precision == "fp16" and fp16_arithmetic_off else []
         input_blob, output_blob = io_blob_names(converted_param)
         layer_count = len(read_param_layers(converted_param))
         # Weights first, param last: a reader that finds the param finds the weights that go with it.
@@ -83,6 +87,7 @@ def export_ncnn(
         "bin_bytes": bin_path.stat().st_size,
         "export_seconds": round(seconds, 3),
         "pnnx_version": getattr(pnnx, "__version__", "unknown"),
+        **({"fp16_arithmetic_off_layers": masked} if masked else {}),
     }
     logger.info(
         "ncnn %s export: wrote %s (%d B) and %s (%d B), %d layers, %s -> %s, in %.1f s",

@@ -173,13 +173,46 @@ def encode_weights(model: NcnnModel) -> bytes:
 
 
 def encode_param(model: NcnnModel) -> str:
-    lines = [str(NCNN_PARAM_MAGIC), f"{len(model.layers)} {model.blob_count}"]
-    for entry in model.layers:
-        layer = entry.layer
+    return _param_text([entry.layer for entry in model.layers], model.blob_count)
+
+
+def _param_text(layers: list[NcnnLayer], blob_count: int) -> str:
+    lines = [str(NCNN_PARAM_MAGIC), f"{len(layers)} {blob_count}"]
+    for layer in layers:
         fields = [f"{layer.layer_type:<24}", f"{layer.layer_name:<24}", str(len(layer.input_blobs)), str(len(layer.output_blobs)),
                   *layer.input_blobs, *layer.output_blobs, *(f"{key}={value}" for key, value in layer.params)]
         lines.append(" ".join(fields))
     return "\n".join(lines) + "\n"
+
+
+FEATMASK_KEY = 31  # ncnn's per-layer option mask (net.cpp get_masked_option)
+FEATMASK_NO_FP16_ARITHMETIC = 1 << 0
+
+
+def mask_fp16_arithmetic(param_path: str | Path, selectors: tuple[str, ...]) -> list[str]:
+    """Run the layers whose type or name is in `selectors` without fp16 arithmetic (fp16 storage stays): ncnn's
+    per-layer featmask, param 31 bit 0. Rewrites the .param in place; returns the names of the layers changed.
+
+    Why: ncnn's ARMv8.2 fp16-arithmetic kernels can lose more than the fp16 gate allows in a few layer types
+    (measured under qemu -cpu max: ConvolutionDepthWise, see README), while x86 has no fp16 arithmetic to notice.
+    """
+    param_path = Path(param_path)
+    layers = read_param_layers(param_path)
+    blob_count = int(param_path.read_text().splitlines()[1].split()[1])
+    types, names = {layer.layer_type for layer in layers}, {layer.layer_name for layer in layers}
+    # A layer type the model lacks is fine (an IResNet has no depthwise convolutions); a name that is not there is a typo.
+    unknown = [s for s in selectors if s not in types and s not in names and not s[:1].isupper()]
+    if unknown:
+        raise ValueError(f"{param_path}: no layer named {', '.join(unknown)} to run without fp16 arithmetic")
+    changed, masked = [], []
+    for layer in layers:
+        if layer.layer_type in selectors or layer.layer_name in selectors:
+            layer = with_param(layer, FEATMASK_KEY, str(layer.param_int(FEATMASK_KEY) | FEATMASK_NO_FP16_ARITHMETIC))
+            changed.append(layer.layer_name)
+        masked.append(layer)
+    with atomic_path(param_path) as temp_param:
+        temp_param.write_text(_param_text(masked, blob_count))
+    return changed
 
 
 def write_ncnn_model(model: NcnnModel, param_path: str | Path, bin_path: str | Path) -> None:
