@@ -196,15 +196,24 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
     return latency_document(results, [], device, versions, model, settings)
 
 
+def run_exports(run_dir: Path, exported_format: str | None = None) -> list[dict]:
+    """The run's export records; with `exported_format`, only that format's exported models, and an error if none."""
+    exports_path = run_dir / "export" / EXPORTS_FILE
+    if not exports_path.is_file():
+        raise DataError(exports_path, "no export results: run the pipeline (make mobile-model) first")
+    records = json.loads(exports_path.read_text())
+    if exported_format is None:
+        return records
+    records = [r for r in records if r["format"] == exported_format and r["status"] == "exported"]
+    if not records:
+        raise DataError(exports_path, f"no exported {exported_format} model (add {exported_format} to export.formats)")
+    return records
+
+
 def ncnn_model_of_run(run_dir: Path, precision: str) -> tuple[Path, Path, tuple[int, int, int], int | None, dict | None]:
     """(param, bin, input w,h,c, model bytes, model facts) of the run's ncnn export at `precision`."""
     export_dir = run_dir / "export"
-    exports_path = export_dir / EXPORTS_FILE
-    if not exports_path.is_file():
-        raise DataError(exports_path, "no export results: run the pipeline (make mobile-model) first")
-    records = [r for r in json.loads(exports_path.read_text()) if r["format"] == "ncnn" and r["status"] == "exported"]
-    if not records:
-        raise DataError(exports_path, "no exported ncnn model (add ncnn to export.formats)")
+    records = run_exports(run_dir, "ncnn")
     record = next((r for r in records if r["precision"] == precision), records[0])
     param, weights = (export_dir / name for name in record["files"])
     preprocess = json.loads((export_dir / MODEL_MANIFEST).read_text())["preprocess"]

@@ -20,12 +20,12 @@ import platform
 import sys
 from pathlib import Path
 
+from benchmarks.android import run_exports
 from deploy.parity import ParityResult
 from deploy.parity_run import parity_for_exports
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.errors import DataError, PipelineError
-from pipeline.stages.common import read_json
 from pipeline.stages.export_stage import EXPORTS_FILE
 from pipeline.stages.parity_stage import DEVICE_PARITY_GLOB, parity_inputs
 
@@ -37,13 +37,6 @@ def device_parity_path(run_dir: Path, name: str) -> Path:
     return run_dir / DEVICE_PARITY_GLOB.rpartition("/")[0] / f"{name}.json"
 
 
-def _exports(run_dir: Path) -> list[dict]:
-    path = run_dir / "export" / EXPORTS_FILE
-    if not path.is_file():
-        raise DataError(path, "no export results: run the pipeline (make mobile-model) first")
-    return read_json(path)
-
-
 def android_parity(run_dir: Path, tool: Path, parity: ParityConfig, adb_executable: str | None = None,
                    serial: str | None = None, threads: int = 1) -> dict:
     """face_embed on the phone over every ncnn export of the run; the result document (device tag + rows)."""
@@ -53,9 +46,7 @@ def android_parity(run_dir: Path, tool: Path, parity: ParityConfig, adb_executab
 
     if not tool.is_file():
         raise DataError(tool, "face_embed for the phone not found (build it: ANDROID_NDK=/path make android-tools)")
-    records = [r for r in _exports(run_dir) if r["format"] == "ncnn" and r["status"] == "exported"]
-    if not records:
-        raise DataError(run_dir / "export" / EXPORTS_FILE, "no exported ncnn model (add ncnn to export.formats)")
+    records = run_exports(run_dir, "ncnn")
     executable = find_adb(adb_executable)
     serial = choose_device(attached_devices(Adb(executable).run("devices")), serial)
     adb = Adb(executable, serial)
@@ -80,7 +71,7 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
     """The formats' own runners on this machine (a Jetson: TensorRT engines built here from the run's ONNX export)."""
     spec, pairs, reference, student = parity_inputs(run_dir)
     records = []
-    for record in _exports(run_dir):
+    for record in run_exports(run_dir):
         if record["format"] not in formats:
             continue
         if record["format"] == "tensorrt" and record["status"] != "exported":
