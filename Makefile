@@ -6,7 +6,7 @@ PROFILE ?= default
 RUN_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mobile-model test bench bench-real clean
+.PHONY: setup mobile-model test bench bench-real pareto-real real-long clean
 
 setup: $(STAMP)
 
@@ -27,9 +27,18 @@ test: setup native-deps
 bench: setup
 	$(PY) -m pipeline run --profile $(PROFILE) --from benchmark $(RUN_ARGS)
 
-# The whole pipeline on real aligned faces (configs/real.yaml: $$FACE_DATA_ROOT, default ../shared/data); opt-in, slow on CPU.
+# Real faces (configs/real.yaml): the pretrained EdgeFace-XS teacher ($$FACE_MODELS_ROOT, default ../shared/models)
+# distilled into MobileFaceNet on aligned LFW + CelebA ($$FACE_DATA_ROOT, default ../shared/data); about 50 min on 2 cores.
 bench-real: setup
 	$(PY) -m pipeline run --profile real $(RUN_ARGS)
+
+# The same run plus students of three widths: accuracy against ncnn latency (reuses bench-real's stages).
+pareto-real: setup
+	$(PY) -m pipeline run --profile real_pareto $(RUN_ARGS)
+
+# The recipe with a long schedule and an accuracy-against-time curve (hours on CPU; a GPU profile for users).
+real-long: setup
+	$(PY) -m pipeline run --profile real_long $(RUN_ARGS)
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -29,7 +29,8 @@ from pipeline.config import DistillConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.losses import TEACHER_EMBEDDING, create_loss
 from pipeline.distill.distributed import Distributed
-from pipeline.distill.trainer import TeacherSignals, WeightedLoss, train_recognition_model
+from pipeline.distill.teacher_signals import TeacherSignals
+from pipeline.distill.trainer import WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
+
+from pipeline.cpu_features import cpu_flags, cpuinfo
 
 # CPU features that change which kernels the runtimes pick (and so their latency).
-_NOTABLE_CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "f16c", "asimdhp", "asimddp", "sve")
+_NOTABLE_CPU_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "avx_vnni", "f16c", "asimdhp",
+                      "asimddp", "bf16", "sve")
 
 
 def usable_cpu_count() -> int:
@@ -18,24 +20,10 @@ def usable_cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _cpuinfo() -> dict[str, str]:
-    """First value of each field in /proc/cpuinfo (one CPU's description; empty off Linux)."""
-    fields: dict[str, str] = {}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return fields
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:
-            fields[key.strip()] = value.strip()
-    return fields
-
-
 def describe_host() -> dict:
     """CPU model, usable cores, notable instruction-set extensions, OS and architecture of this machine."""
-    info = _cpuinfo()
-    flags = set((info.get("flags") or info.get("Features") or "").split())
+    info = cpuinfo()
+    flags = cpu_flags()
     return {
         "kind": "host",
         "cpu": info.get("model name") or info.get("Hardware") or platform.processor() or "unknown",

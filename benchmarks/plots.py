@@ -74,3 +74,38 @@ def plot_latency_vs_accuracy(points: list[dict], path: Path, title: str, accurac
         axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def plot_pareto(rows: list[dict], path: Path, accuracy_label: str) -> Path:
+    """Students of several sizes: ncnn batch-1 p50 latency (x) against verification accuracy (y), one line per
+    precision through the students, so the front a latency budget cuts is visible."""
+    markers = {"fp32": "o", "fp16": "s", "int8": "D"}
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    timed = [r for r in rows if r.get("p50_ms") is not None]
+    for number, precision in enumerate(sorted({r["precision"] for r in timed}, key=list(markers).index)):
+        line = sorted((r for r in timed if r["precision"] == precision), key=lambda r: r["p50_ms"])
+        axes.plot([r["p50_ms"] for r in line], [r["accuracy"] for r in line], marker=markers.get(precision, "o"), color=f"C{number}",
+                  label=f"ncnn {precision}", alpha=0.85)
+        for r in line:
+            axes.annotate(r["student"], (r["p50_ms"], r["accuracy"]), fontsize=8, xytext=(4, -10), textcoords="offset points")
+    axes.set_xlabel(f"ncnn p50 latency, batch 1, {timed[0]['threads'] if timed else 1} thread(s) (ms)")
+    axes.set_ylabel(accuracy_label)
+    axes.set_title("Accuracy against latency: students of several sizes, one teacher")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_training_curves(curves: dict[str, list[dict]], path: Path, accuracy_label: str) -> Path:
+    """Verification accuracy against training time (s), one line per training: what each further point costs."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for label, points in curves.items():
+        axes.plot([p["train_s"] / 60 for p in points], [p["accuracy"] for p in points], marker="o", markersize=3, label=label)
+    axes.set_xlabel("training time (min)")
+    axes.set_ylabel(accuracy_label)
+    axes.set_title("Accuracy against training time")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save(figure, path)

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.latency import load_latency_document
-from benchmarks.plots import plot_latency_bars, plot_latency_vs_accuracy
+from benchmarks.plots import plot_latency_bars, plot_latency_vs_accuracy, plot_pareto, plot_training_curves
 from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
@@ -20,7 +20,7 @@ from pipeline.evaluation.verification import VerificationResult
 from pipeline.stages.parity_stage import NATIVE_PARITY_DIR, NATIVE_PARITY_FILE, all_parity_results
 
 log = logging.getLogger(__name__)
-MODEL_LABELS = {"teacher": "teacher (ViT)", "student_nokd": "student, no distillation", "student": "student, distilled"}
+MODEL_LABELS = {"teacher": "teacher", "student_nokd": "student, no distillation", "student": "student, distilled"}
 DEVICES_DIR = "devices"  # runs/<run>/devices/*.json: latency files from phones and boards (benchmarks/android.py)
 ABLATION_DIR = "ablation"  # runs/<run>/ablation/: written by benchmarks/ablation.py
 
@@ -53,12 +53,22 @@ def single_thread_p50(latency: dict) -> dict[tuple[str, str], float]:
     return {(r["backend"], r["precision"]): r["p50_ms"] for r in rows if r["threads"] == fewest}
 
 
-def summary_rows(metrics: dict, parity: dict, latency: dict) -> list[list[str]]:
+def model_labels(run_dir: Path) -> dict[str, str]:
+    """Row labels of the evaluated models, the teacher's with its architecture (`teacher (edgeface_xs)`)."""
+    labels = dict(MODEL_LABELS)
+    described = run_dir / "teacher" / "teacher.json"
+    if described.is_file():
+        labels["teacher"] = f"teacher ({json.loads(described.read_text()).get('model', '?')})"
+    return labels
+
+
+def summary_rows(metrics: dict, parity: dict, latency: dict, labels: dict[str, str] | None = None) -> list[list[str]]:
     """One row per model and per backend: accuracy on the first verification set, parity, batch-1 p50 at 1 thread."""
+    labels = labels or MODEL_LABELS
     set_name = parity.get("verification_set") or next(iter(metrics))
     per_model = metrics[set_name]
     p50 = single_thread_p50(latency)
-    rows = [[MODEL_LABELS[label], _pct(per_model[label]["accuracy"]), "—", "—"] for label in MODEL_LABELS if label in per_model]
+    rows = [[labels[label], _pct(per_model[label]["accuracy"]), "—", "—"] for label in MODEL_LABELS if label in per_model]
     if "student" in per_model:
         rows[-1][0] += " [pytorch/fp32]"
         rows[-1][2] = "reference"
@@ -216,6 +226,82 @@ def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
                    for r in json.loads(exports_path.read_text())])
 
 
+def distillation_verdict(per_model: dict) -> str | None:
+    """One honest sentence on whether distillation helped on one set: the gain against the larger fold spread."""
+    if not {"student", "student_nokd"} <= set(per_model):
+        return None
+    distilled, alone = per_model["student"], per_model["student_nokd"]
+    gain = 100 * (distilled["accuracy"] - alone["accuracy"])
+    spread = 100 * max(distilled["accuracy_std"], alone["accuracy_std"])
+    if gain > spread:
+        return f"Distillation helped: {gain:+.2f} points over the student trained alone, more than one fold standard deviation ({spread:.2f})."
+    if gain > 0:
+        return (f"No clear gain: {gain:+.2f} points over the student trained alone, within one fold standard deviation ({spread:.2f}); "
+                "this run cannot tell the two apart.")
+    return f"Distillation did not help in this run: {gain:+.2f} points against the student trained alone (fold standard deviation {spread:.2f})."
+
+
+def _distillation_section(doc: Document, metrics: dict, labels: dict[str, str]) -> None:
+    """What the run is for, first: teacher, student alone and distilled student side by side on every set."""
+    rows, verdicts = [], []
+    for set_name, per_model in metrics.items():
+        if "student" not in per_model:
+            continue
+        cells = [f"{_pct(per_model[k]['accuracy'])} ± {_pct(per_model[k]['accuracy_std'])}" if k in per_model else "—"
+                 for k in ("teacher", "student_nokd", "student")]
+        gain = (f"{100 * (per_model['student']['accuracy'] - per_model['student_nokd']['accuracy']):+.2f}"
+                if "student_nokd" in per_model else "—")
+        rows.append([set_name, *cells, gain])
+        verdict = distillation_verdict(per_model)
+        if verdict:
+            verdicts.append(f"`{set_name}`: {verdict}")
+    if not rows:
+        return
+    doc.heading("Distillation result")
+    doc.table(["set", f"{labels['teacher']} %", f"{labels['student_nokd']} %", f"{labels['student']} %", "gain (points)"], rows)
+    doc.paragraph("Same student architecture, data and training budget for both students; accuracy ± its standard deviation "
+                  "over the 10 folds. " + " ".join(verdicts))
+
+
+def _training_curve_section(doc: Document, run_dir: Path, out_dir: Path, labels: dict[str, str]) -> None:
+    """Accuracy against training time of each student, where the run recorded a curve (`optim.eval_every_steps`)."""
+    curves = {}
+    for stage, stem in (("baseline", "student_nokd"), ("distill", "student")):
+        path = run_dir / stage / f"{stem}_curve.json"
+        if path.is_file():
+            curves[labels[stem]] = json.loads(path.read_text())
+    if not curves:
+        return
+    doc.heading("Accuracy against training time")
+    set_name = next(iter(curves.values()))[0].get("set", "?")
+    rows = [[label, str(p["step"]), str(p["images"]), f"{p['train_s'] / 60:.1f}", f"{p['accuracy']:.2f} ± {p['accuracy_std']:.2f}"]
+            for label, points in curves.items() for p in points]
+    doc.image(plot_training_curves(curves, out_dir / "training_curves.png", f"verification accuracy on {set_name} (%)"),
+              f"Verification accuracy on {set_name} during training (eval mode, same protocol as the evaluate stage)")
+    doc.table(["student", "step", "images seen", "training min", f"accuracy % ({set_name})"], rows)
+
+
+def _pareto_section(doc: Document, run_dir: Path, out_dir: Path) -> None:
+    """Students of several sizes from one teacher: accuracy against ncnn latency (stage `pareto`)."""
+    path = run_dir / "pareto" / "pareto.json"
+    pareto = json.loads(path.read_text()) if path.is_file() else {}
+    rows = pareto.get("rows", [])
+    if not rows:
+        return
+    doc.heading("Accuracy against latency: choosing a student")
+    set_name = pareto.get("verification_set", "?")
+    doc.paragraph(f"Each student distilled from the same teacher with the same objective, data and budget; accuracy on {set_name} "
+                  f"(10-fold); ncnn latency at {pareto.get('threads', 1)} thread(s), batch 1, on this machine. Pick the most "
+                  "accurate row under your latency budget.")
+    doc.table(["student", "parameters", "GFLOPs", "backend/precision", "accuracy %", "cos min vs PyTorch", "p50 ms", "p90 ms", "model MB"],
+              [[r["student"], f"{r['parameters']:,}", f"{r['gflops']:.3f}", f"{r['backend']}/{r['precision']}",
+                f"{r['accuracy']:.2f} ± {r['accuracy_std']:.2f}",
+                f"{r['cosine_min_vs_pytorch']:.6f}" if r.get("cosine_min_vs_pytorch") is not None else "reference",
+                _ms(r.get("p50_ms")), _ms(r.get("p90_ms")), _mb(r.get("model_bytes"))] for r in rows])
+    doc.image(plot_pareto(rows, out_dir / "pareto.png", f"verification accuracy on {set_name} (%)"),
+              "Accuracy against ncnn latency, one line per precision through the students")
+
+
 def _ablation_section(doc: Document, run_dir: Path) -> None:
     """ABLATION SPOT: when runs/<run>/ablation/ exists, the table benchmarks/ablation.py builds from it goes here.
 
@@ -249,20 +335,22 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
         + (" (procedurally generated synthetic faces: figures describe the pipeline on synthetic identities, not accuracy on real faces)."
            if data_summary.get("source") == "synthetic" else ".")
     )
+    labels = model_labels(run_dir)
+    _distillation_section(doc, metrics, labels)
     doc.heading("Summary")
     doc.table(["model [backend]", f"verification accuracy % ({parity.get('verification_set') or next(iter(metrics))})", "parity", "p50 ms (batch 1, 1 thread)"],
-              summary_rows(metrics, parity, latency))
+              summary_rows(metrics, parity, latency, labels))
 
     doc.heading("Verification accuracy")
     for set_name, per_model in metrics.items():
         rows = []
         for label, m in per_model.items():
             tars = m.get("tar_at_far", {})
-            rows.append([MODEL_LABELS.get(label, label), f"{_pct(m['accuracy'])} ± {_pct(m['accuracy_std'])}",
+            rows.append([labels.get(label, label), f"{_pct(m['accuracy'])} ± {_pct(m['accuracy_std'])}",
                          _pct(tars.get("1e-3")), _pct(tars.get("1e-4")), f"{m['auc']:.4f}", str(m["num_pairs"])])
         doc.paragraph(f"Set `{set_name}`: 10-fold accuracy with the best threshold chosen on the other folds (LFW protocol).")
         doc.table(["model", "accuracy %", "TAR@FAR=1e-3 %", "TAR@FAR=1e-4 %", "AUC", "pairs"], rows)
-        roc_path = plot_roc_curves({MODEL_LABELS.get(k, k): _result(v) for k, v in per_model.items()},
+        roc_path = plot_roc_curves({labels.get(k, k): _result(v) for k, v in per_model.items()},
                                    out_dir / f"roc_{set_name}.png", f"ROC on {set_name}")
         doc.image(roc_path, f"ROC curves on {set_name}")
 
@@ -283,6 +371,8 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
 
     _native_targets_section(doc, run_dir)
     _latency_section(doc, run_dir, out_dir, metrics, parity, latency)
+    _pareto_section(doc, run_dir, out_dir)
+    _training_curve_section(doc, run_dir, out_dir, labels)
     _cost_section(doc, run_dir, manifests)
     _ablation_section(doc, run_dir)
 

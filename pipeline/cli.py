@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set distill.optim.epochs=2 (value parsed as JSON when it can be)")
     from pipeline.align.cli import add_align_parser
+    from pipeline.evaluate_cli import add_evaluate_parser
 
     add_align_parser(commands)
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -55,7 +57,7 @@ def configure_logging() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from benchmarks.report import summary_rows
+    from benchmarks.report import model_labels, summary_rows
     from pipeline.distill.distributed import init_from_environment, shutdown
     from pipeline.stages import STAGES
     from pipeline.stages.parity_stage import all_parity_results, failed_parity
@@ -87,7 +89,7 @@ def run_command(args: argparse.Namespace) -> int:
     parity = all_parity_results(run_dir)
     latency = json.loads((run_dir / "benchmark" / "latency.json").read_text())
     print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
-    for row in summary_rows(metrics, parity, latency):
+    for row in summary_rows(metrics, parity, latency, model_labels(run_dir)):
         print("| " + " | ".join(row) + " |")
     print(f"\nReport: {report.resolve()}\n        {report.with_suffix('.html').resolve()}")
     failures = failed_parity(parity)
@@ -114,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline.align.cli import run_align
 
                 return run_align(args)
+            if args.command == "evaluate":
+                from pipeline.evaluate_cli import run_evaluate
+
+                return run_evaluate(args)
             return run_command(args)
     except PipelineError as exc:
         if stop.signal is not None:  # training checkpointed and stopped, or the runner stopped between stages

@@ -34,7 +34,8 @@ from pipeline.data.image_decode import encode_face
 from pipeline.data.image_folder import load_image_folder
 from pipeline.distill.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.distill.losses import create_loss
-from pipeline.distill.trainer import NonFiniteLossError, TeacherSignals, WeightedLoss
+from pipeline.distill.teacher_signals import TeacherSignals
+from pipeline.distill.trainer import NonFiniteLossError, WeightedLoss
 from pipeline.errors import DataError
 from pipeline.models.registry import create_model
 from pipeline.models.saved import save_weights

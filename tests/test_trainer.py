@@ -10,7 +10,8 @@ from deploy.preprocess import PreprocessSpec
 from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.losses import create_loss
-from pipeline.distill.trainer import NonFiniteLossError, TeacherSignals, TrainingInterrupted, WeightedLoss, train_recognition_model
+from pipeline.distill.teacher_signals import TeacherSignals
+from pipeline.distill.trainer import NonFiniteLossError, TrainingInterrupted, WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 from pipeline.models.registry import create_model
 

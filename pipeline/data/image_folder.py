@@ -61,6 +61,20 @@ def load_image_folder(
     return _decode_labeled(root, listed, size, max_bad_fraction, min_images_per_identity, numeric_labels=False)
 
 
+def load_unlabelled_folder(root: str | Path, size: tuple[int, int] | None = ALIGNED_SIZE, max_bad_fraction: float = 0.01) -> FaceArrays:
+    """Every image under `root`, at any depth (sorted paths), as faces labelled -1: faces without identities, which
+    only distillation can learn from."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "unlabelled face folder does not exist" if not root.exists() else "is a file, expected a folder of face images")
+    listed = [(path, "") for path in sorted(root.rglob("*"))
+              if path.is_file() and _is_image_name(path) and not any(part.startswith(".") for part in path.relative_to(root).parts)]
+    if not listed:
+        raise DataError(root, "no images found")
+    faces = _decode_labeled(root, listed, size, max_bad_fraction, 1, numeric_labels=False).faces
+    return FaceArrays(faces.images, np.full(len(faces.labels), -1, dtype=np.int64))
+
+
 def load_list_file(
     list_path: str | Path,
     root: str | Path,

@@ -1,7 +1,8 @@
-"""Where the optional real face data (aligned LFW etc., see shared/data/README.md) lives on this machine.
+"""Where the optional real face data (aligned LFW etc., see shared/data/README.md) and pretrained face models (EdgeFace,
+see shared/models/README.md) live on this machine.
 
-Tests and benchmarks that use it must skip when it is absent (users' machines do not have it), naming
-`expected_real_data_root()` in the skip reason so the reader knows where it was looked for.
+Tests and benchmarks that use them must skip when they are absent (users' machines do not have them), naming
+`expected_real_data_root()` / `expected_models_root()` in the skip reason so the reader knows where they were looked for.
 """
 
 from __future__ import annotations
@@ -22,3 +23,22 @@ def default_real_data_root() -> Path | None:
     """The real data folder, or None when it is absent."""
     root = expected_real_data_root()
     return root if root.is_dir() else None
+
+
+def expected_models_root() -> Path:
+    """$FACE_MODELS_ROOT if set, else the `shared/models` folder beside the repository (whether or not it exists)."""
+    configured = os.environ.get("FACE_MODELS_ROOT")
+    return Path(configured).expanduser() if configured else REPO_ROOT.parent / "shared" / "models"
+
+
+def default_models_root() -> Path | None:
+    """The pretrained-models folder, or None when it is absent."""
+    root = expected_models_root()
+    return root if root.is_dir() else None
+
+
+# Placeholders a profile may use in paths -> (environment variable, where it points by default).
+PATH_PLACEHOLDERS = {
+    "${FACE_DATA_ROOT}": ("FACE_DATA_ROOT", expected_real_data_root),
+    "${FACE_MODELS_ROOT}": ("FACE_MODELS_ROOT", expected_models_root),
+}

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.distill.trainer import TeacherBatch
+from pipeline.distill.teacher_signals import TeacherBatch
 from pipeline.errors import ConfigError
 from pipeline.models.margin import CombinedMarginHead
 from pipeline.models.vit_teacher import FaceViT

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from deploy.preprocess import PreprocessSpec, preprocess
+from pipeline.config import AugmentConfig
+from pipeline.distill.augment import augment_faces
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class Batch:
     step_in_epoch: int
     indices: np.ndarray  # dataset rows
     flipped: np.ndarray  # bool per row: horizontally mirrored
+    augment_seeds: np.ndarray  # uint64 per row: the seed of the row's augmentation (`augment.augment_faces`)
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
@@ -27,19 +30,26 @@ def steps_per_epoch(num_items: int, batch_size: int) -> int:
     return max(1, num_items // batch_size)
 
 
-def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, hflip: bool, start_step: int = 0) -> Iterator[Batch]:
+def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, hflip: bool, start_step: int = 0,
+                  rows: np.ndarray | None = None) -> Iterator[Batch]:
+    """The epoch's batches over `rows` (default: every item), in an order and with flips that (seed, epoch) fix."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(num_items)
     flips = rng.random(num_items) < 0.5 if hflip else np.zeros(num_items, dtype=bool)
+    augment_seeds = rng.integers(0, 2**63, num_items, dtype=np.uint64)  # drawn last: order and flips stay as before
     batch_size = min(batch_size, num_items)
     for step in range(start_step, steps_per_epoch(num_items, batch_size)):
-        rows = order[step * batch_size : (step + 1) * batch_size]
-        yield Batch(step, rows, flips[rows])
+        picked = order[step * batch_size : (step + 1) * batch_size]
+        yield Batch(step, picked if rows is None else rows[picked], flips[picked], augment_seeds[picked])
 
 
-def images_to_tensor(images: np.ndarray, flipped: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
-    """uint8 NHWC RGB faces -> normalised NCHW tensor through the same `preprocess` every runner uses."""
+def images_to_tensor(images: np.ndarray, flipped: np.ndarray, spec: PreprocessSpec, augment: AugmentConfig | None = None,
+                     augment_seeds: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 NHWC RGB faces -> normalised NCHW tensor through the same `preprocess` every runner uses; mirrored where
+    `flipped`, then augmented (`augment.augment_faces`, row i from augment_seeds[i]) when `augment` is given."""
     if flipped.any():
         images = images.copy()
         images[flipped] = images[flipped, :, ::-1]
+    if augment is not None:
+        images = augment_faces(images, augment_seeds, augment)
     return torch.from_numpy(preprocess(images, spec))

@@ -61,7 +61,7 @@ class LossContext:
     student_shapes: dict[str, tuple[int, int, int]]  # tap -> (C, H, W)
     teacher_shapes: dict[str, tuple[int, int, int]]  # tap -> (grid_h, grid_w, C)
     teacher_head: CombinedMarginHead | None = None
-    teacher_extent: float = 1.0  # fraction of the face side the teacher's patch grid covers
+    teacher_extents: dict[str, float] = field(default_factory=dict)  # tap -> fraction of the face side its grid covers
     student_description: str = "student"
     teacher_description: str = "teacher"
 
@@ -69,6 +69,9 @@ class LossContext:
         if tap not in self.student_shapes:
             raise ConfigError(f"{self.student_description} has no feature tap {tap!r}; taps: {', '.join(self.student_shapes)}")
         return self.student_shapes[tap]
+
+    def teacher_extent(self, tap: str) -> float:
+        return self.teacher_extents.get(tap, 1.0)
 
     def teacher_shape(self, tap: str) -> tuple[int, int, int]:
         if tap not in self.teacher_shapes:

@@ -34,23 +34,30 @@ def student_feature_shapes(student: nn.Module, input_size: int) -> dict[str, tup
 
 
 def teacher_token_shapes(teacher: nn.Module | None) -> dict[str, tuple[int, int, int]]:
-    """(grid_h, grid_w, C) of the patch tokens after every block of a ViT teacher; none for other teachers."""
-    if not isinstance(teacher, FaceViT):
-        return {}
-    return {f"blocks.{i}": (teacher.grid_size, teacher.grid_size, teacher.width) for i in range(len(teacher.vit.blocks))}
+    """(grid_h, grid_w, C) of every token map a teacher exposes: a ViT's patch tokens after each block (`blocks.i`),
+    EdgeFace's stage maps (`stages.i`); none for other teachers."""
+    if isinstance(teacher, FaceViT):
+        return {f"blocks.{i}": (teacher.grid_size, teacher.grid_size, teacher.width) for i in range(len(teacher.vit.blocks))}
+    if hasattr(teacher, "token_shapes"):
+        return teacher.token_shapes()
+    return {}
 
 
-def teacher_extent(teacher: nn.Module | None) -> float:
-    """Fraction of the face side a ViT's patch grid covers (< 1 when the input is not a multiple of the patch)."""
-    if not isinstance(teacher, FaceViT):
-        return 1.0
-    embed = teacher.vit.patch_embed
-    return teacher.grid_size * embed.patch_size[0] / embed.img_size[0]
+def teacher_extents(teacher: nn.Module | None) -> dict[str, float]:
+    """Per tap, the fraction of the face side the teacher's token grid covers (< 1 where the input is not a multiple of
+    the patch or of the stride: arcface_torch's patch-9 ViT, EdgeFace's 3x3 last stage)."""
+    if isinstance(teacher, FaceViT):
+        embed = teacher.vit.patch_embed
+        extent = teacher.grid_size * embed.patch_size[0] / embed.img_size[0]
+        return {tap: extent for tap in teacher_token_shapes(teacher)}
+    if hasattr(teacher, "token_extent"):
+        return {tap: teacher.token_extent(tap) for tap in teacher_token_shapes(teacher)}
+    return {}
 
 
 def loss_context(student: nn.Module, input_size: int, teacher: nn.Module | None, teacher_head: CombinedMarginHead | None) -> LossContext:
     return LossContext(
-        student_feature_shapes(student, input_size), teacher_token_shapes(teacher), teacher_head, teacher_extent(teacher),
+        student_feature_shapes(student, input_size), teacher_token_shapes(teacher), teacher_head, teacher_extents(teacher),
         student_description=f"student {type(student).__name__}", teacher_description=f"teacher {type(teacher).__name__}",
     )
 

@@ -33,7 +33,9 @@ from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_
 from pipeline.distill.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.distill.distributed import Distributed, current, sync_batchnorms, unsync_batchnorms
 from pipeline.distill.losses import STUDENT_FEATURES, STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
+from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
 from pipeline.errors import PipelineError
+from pipeline.models.fused_bn import set_fused_kernels
 from pipeline.models.margin import CombinedMarginHead
 
 log = logging.getLogger(__name__)
@@ -45,38 +47,6 @@ class NonFiniteLossError(PipelineError):
 
 class TrainingInterrupted(PipelineError):
     """Training stopped on request (signal or `should_stop`) after writing a checkpoint; rerun to resume."""
-
-
-@dataclass
-class TeacherBatch:
-    """The teacher's signals for one batch; `loss` is the teacher's own training loss when it trains (APT)."""
-
-    embedding: torch.Tensor | None = None
-    tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, h*w, C) patch tokens
-    loss: torch.Tensor | None = None
-
-    def to(self, device: torch.device) -> TeacherBatch:
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TeacherBatch(move(self.embedding), {tap: t.to(device) for tap, t in self.tokens.items()}, move(self.loss))
-
-
-@dataclass
-class TeacherSignals:
-    """Teacher outputs computed once per image (and its mirror), so distillation never reruns the teacher."""
-
-    embeddings: np.ndarray  # (N, 2, D): [:, 0] original, [:, 1] horizontally flipped
-    tokens: dict[str, np.ndarray] = field(default_factory=dict)  # tap -> (N, 2, h*w, C), usually fp16 memory-mapped
-
-    def embedding_for(self, indices: np.ndarray, flipped: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.embeddings[indices, flipped.astype(np.int64)]))
-
-    def tokens_for(self, tap: str, indices: np.ndarray, flipped: np.ndarray) -> torch.Tensor:
-        if tap not in self.tokens:
-            raise PipelineError(f"teacher tokens at {tap!r} were not cached; cached taps: {', '.join(self.tokens) or 'none'}")
-        return torch.from_numpy(np.asarray(self.tokens[tap][indices, flipped.astype(np.int64)], dtype=np.float32))
-
-    def signals(self, indices: np.ndarray, flipped: np.ndarray, images: torch.Tensor, labels: torch.Tensor, taps: tuple[str, ...]) -> TeacherBatch:
-        return TeacherBatch(self.embedding_for(indices, flipped), {tap: self.tokens_for(tap, indices, flipped) for tap in taps})
 
 
 @dataclass
@@ -93,6 +63,7 @@ class TrainResult:
     wall_time_s: float
     images_per_s: float
     history: list[dict] = field(default_factory=list)
+    curve: list[dict] = field(default_factory=list)  # {"step", "images", "train_s", ...the evaluation's figures}
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -116,12 +87,17 @@ def train_recognition_model(
     description: str = "train",
     should_stop: Callable[[int], bool] | None = None,
     distributed: Distributed | None = None,
+    margin_weight: float = 1.0,
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> tuple[CombinedMarginHead, TrainResult]:
     """Train `backbone` (in place) with a margin head and optional distillation terms; return the head and stats.
 
     `teacher` is cached `TeacherSignals` or a live teacher module (see the module docstring) whose
     `signals(indices, flipped, images, labels, taps)` returns a `TeacherBatch`.
+    `margin_weight` weighs the margin loss (0: distillation alone). Rows labelled -1 (unlabelled faces) are sampled
+    only when a term reads the teacher, and the margin loss skips them.
     `should_stop(global_step)` is asked after every step; True writes a checkpoint and raises TrainingInterrupted.
+    `evaluate(backbone)`, every `optim.eval_every_steps` steps and at the end, adds a point to the result's curve.
     `distributed` defaults to the process's torchrun context (`distributed.current()`); the model ends on the CPU.
     """
     ctx = distributed or current()
@@ -135,20 +111,30 @@ def train_recognition_model(
     if needs_teacher and teacher is None:
         raise PipelineError(f"{description}: a distillation loss needs teacher embeddings but none were given")
     live_teacher = teacher if isinstance(teacher, nn.Module) else None
+    if optim.augment is not None and isinstance(teacher, TeacherSignals):
+        raise PipelineError(f"{description}: cached teacher signals are of un-augmented faces; augmentation needs a live teacher")
+    rows = usable_rows(train_set.labels, needs_teacher, description)
     device = ctx.device
     autocast_enabled = optim.mixed_precision and device.type == "cuda"
     student_taps = sorted({tap for term in distill_losses for tap in term.module.student_taps})
     teacher_taps = tuple(sorted({tap for term in distill_losses for tap in term.module.teacher_taps}))
 
     torch.manual_seed(seed)
-    head = CombinedMarginHead(getattr(backbone, "embedding_dim", 512), train_set.num_identities, **margin.model_dump())
+    head = CombinedMarginHead(getattr(backbone, "embedding_dim", 512), max(1, train_set.num_identities), **margin.model_dump())
     modules = {"backbone": backbone, "head": head, "losses": nn.ModuleList([t.module for t in distill_losses])}
-    if live_teacher is not None:
-        modules["teacher"] = live_teacher
+    if live_teacher is not None and any(p.requires_grad for p in live_teacher.parameters()):
+        modules["teacher"] = live_teacher  # it trains (APT prompts): optimiser and checkpoint hold its state
+    elif live_teacher is not None:
+        live_teacher.to(device)
+    memory_format = torch.channels_last if optim.channels_last else torch.contiguous_format
+    for module in (backbone, live_teacher):
+        if module is not None:
+            module.to(memory_format=memory_format)
     trainable = nn.ModuleDict(modules).to(device)
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
 
-    per_epoch = steps_per_epoch(len(train_set.labels), optim.batch_size)
+    num_rows = len(train_set.labels) if rows is None else len(rows)
+    per_epoch = steps_per_epoch(num_rows, optim.batch_size)
     total_steps = per_epoch * optim.epochs
     if optim.max_steps is not None:
         total_steps = min(total_steps, optim.max_steps)
@@ -156,6 +142,8 @@ def train_recognition_model(
 
     global_step = 0
     history: list[dict] = []
+    curve: list[dict] = []
+    trained_s = 0.0  # training time so far, resumed runs included, evaluations excluded
     ctx.barrier()  # rank 0 may still be writing the checkpoint every rank resumes from
     saved = load_checkpoint(checkpoint_dir)
     if saved is not None:
@@ -163,6 +151,7 @@ def train_recognition_model(
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         global_step, history = saved["global_step"], saved["history"]
+        curve, trained_s = saved.get("curve", []), float(saved.get("trained_s", 0.0))
         log.info("%s: resumed from checkpoint at step %d/%d (%s)", description, global_step, total_steps, checkpoint_dir)
     resumed_from = global_step
     last_good_step = global_step if saved is not None else None  # the newest checkpoint on disk, all weights finite
@@ -180,6 +169,7 @@ def train_recognition_model(
             save_checkpoint(checkpoint_dir, {
                 "trainable": trainable.state_dict(), "optimizer": optimizer.state_dict(),
                 "torch_rng": torch.get_rng_state(), "global_step": global_step, "history": history, "running": running,
+                "curve": curve, "trained_s": trained_s,
             })
         last_good_step = global_step
 
@@ -188,7 +178,8 @@ def train_recognition_model(
 
     def step_terms(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch and its named terms (margin, each distillation term, the live teacher's own loss)."""
-        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec).to(device)
+        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec, optim.augment, batch.augment_seeds)
+        images = images.to(device).contiguous(memory_format=memory_format)
         labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64)).to(device)
         captured.clear()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled):
@@ -196,9 +187,9 @@ def train_recognition_model(
         return _terms_of(images, labels, embedding.float(), batch)
 
     def _terms_of(images: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        terms = {"margin": head.margin_loss(embedding, labels)}
+        terms = {"margin": head.margin_loss(embedding, labels)} if margin_weight > 0 else {}
         if not distill_losses:
-            return terms["margin"], terms
+            return margin_weight * terms["margin"], terms
         signals = TeacherBatch()
         if needs_teacher or live_teacher is not None:
             signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps).to(device)
@@ -207,7 +198,7 @@ def train_recognition_model(
                                student_features=dict(captured), teacher_tokens=signals.tokens)
         for term in distill_losses:
             terms[term.name] = term.module(inputs)
-        loss = terms["margin"] + sum(t.weight * terms[t.name] for t in distill_losses)
+        loss = sum(t.weight * terms[t.name] for t in distill_losses) + (margin_weight * terms["margin"] if terms.get("margin") is not None else 0.0)
         if signals.loss is not None:
             terms["teacher_margin"] = signals.loss
             loss = loss + teacher_weight * signals.loss
@@ -224,15 +215,17 @@ def train_recognition_model(
         )
     trainable.train()
     started = time.perf_counter()
+    fused_before = set_fused_kernels(optim.fused_kernels)
     running: dict[str, float] = dict(saved.get("running", {})) if saved is not None else {}  # this epoch's loss sums so far
     try:
         with tqdm(total=total_steps, initial=global_step, desc=description, unit="step", dynamic_ncols=True,
                   disable=not ctx.is_main) as bar:
             while global_step < total_steps:
                 epoch, step_in_epoch = divmod(global_step, per_epoch)
-                for batch in epoch_batches(len(train_set.labels), optim.batch_size, seed, epoch, optim.hflip, step_in_epoch):
+                for batch in epoch_batches(num_rows, optim.batch_size, seed, epoch, optim.hflip, step_in_epoch, rows):
                     if global_step >= total_steps:
                         break
+                    step_started = time.perf_counter()
                     batch = local_batch(ctx, batch)
                     lr = learning_rate(global_step, total_steps, warmup_steps, optim.lr)
                     for group in optimizer.param_groups:
@@ -247,6 +240,7 @@ def train_recognition_model(
                     loss.backward()
                     optimizer.step()
                     global_step += 1
+                    trained_s += time.perf_counter() - step_started
                     logged = {"loss": loss, **terms}
                     means = ctx.mean_over_ranks(torch.stack([value.detach().float() for value in logged.values()]))
                     for name, value in zip(logged, means.tolist()):
@@ -254,6 +248,11 @@ def train_recognition_model(
                     running["steps"] = running.get("steps", 0) + 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.1e}")
+                    if evaluate is not None and optim.eval_every_steps and (
+                            global_step % optim.eval_every_steps == 0 or global_step == total_steps):
+                        curve.append(curve_point(backbone, evaluate, global_step, optim.batch_size, trained_s, ctx))
+                        log.info("%s step %d: %s", description, global_step,
+                                 ", ".join(f"{k}={v}" for k, v in curve[-1].items() if k != "step"))
                     epoch_done = batch.step_in_epoch == per_epoch - 1 or global_step == total_steps
                     if epoch_done:
                         steps = running.pop("steps")
@@ -267,16 +266,45 @@ def train_recognition_model(
                         checkpoint()
                         raise TrainingInterrupted(f"{description}: stopped at step {global_step}; checkpoint in {checkpoint_dir}")
     finally:
+        set_fused_kernels(fused_before)
         for hook in hooks:
             hook.remove()
         captured.clear()
         trainable.cpu()
+        backbone.to(memory_format=torch.contiguous_format)
+        if live_teacher is not None:
+            live_teacher.cpu().to(memory_format=torch.contiguous_format)
         if optim.sync_batchnorm and ctx.enabled:
             unsync_batchnorms(backbone)
     wall = time.perf_counter() - started
-    trained_images = (global_step - resumed_from) * min(optim.batch_size, len(train_set.labels))  # over all ranks
+    trained_images = (global_step - resumed_from) * min(optim.batch_size, num_rows)  # over all ranks
     backbone.eval()
-    return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history)
+    return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history, curve)
+
+
+def usable_rows(labels: np.ndarray, needs_teacher: bool, description: str) -> np.ndarray | None:
+    """The rows a training samples from: all of them (None) when a term reads the teacher or every row is labelled,
+    else the labelled ones (a margin loss alone learns nothing from a face labelled -1)."""
+    labelled = labels >= 0
+    if needs_teacher or bool(labelled.all()):
+        return None
+    if not bool(labelled.any()):
+        raise PipelineError(f"{description}: no training face has an identity label, and no distillation term reads a teacher")
+    return np.flatnonzero(labelled)
+
+
+def curve_point(backbone: nn.Module, evaluate: Callable[[nn.Module], dict[str, float]], step: int, batch_size: int,
+                trained_s: float, ctx: Distributed) -> dict:
+    """One point of the accuracy-against-training-time curve: the backbone evaluated in eval mode, on rank 0."""
+    point: dict = {"step": step, "images": step * batch_size, "train_s": round(trained_s, 1)}
+    if ctx.is_main:
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            point.update(evaluate(backbone))
+        finally:
+            backbone.train(was_training)
+    return point
 
 
 class _Step(nn.Module):

@@ -172,7 +172,7 @@ class URFMLoss(DistillLoss):
 
     @classmethod
     def from_context(cls, context: LossContext, student_tap: str = "stages.2", teacher_tap: str = "blocks.5", **args: Any) -> URFMLoss:
-        args.setdefault("teacher_extent", context.teacher_extent)
+        args.setdefault("teacher_extent", context.teacher_extent(teacher_tap))
         return cls(student_tap, teacher_tap, context.student_shape(student_tap), context.teacher_shape(teacher_tap), **args)
 
     def map_teacher(self, tokens: torch.Tensor) -> torch.Tensor:

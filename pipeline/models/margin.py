@@ -37,4 +37,10 @@ class CombinedMarginHead(nn.Module):
         return logits * self.scale
 
     def margin_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the margin logits over the labelled rows; rows labelled -1 (unlabelled faces) are skipped."""
+        labelled = labels >= 0
+        if not bool(labelled.all()):
+            if not bool(labelled.any()):
+                return embeddings.sum() * 0.0  # keeps the graph (and DDP's view of the head) without a gradient
+            embeddings, labels = embeddings[labelled], labels[labelled]
         return F.cross_entropy(self.forward(embeddings, labels), labels)

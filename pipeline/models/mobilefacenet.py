@@ -10,11 +10,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.models.fused_bn import batchnorm_prelu
 from pipeline.models.registry import register_model
 
 
 class ConvBnAct(nn.Sequential):
-    """Conv -> BatchNorm -> optional PReLU, the unit every MobileFaceNet block is built from."""
+    """Conv -> BatchNorm -> optional PReLU, the unit every MobileFaceNet block is built from.
+
+    In training, BatchNorm + PReLU may run as one compiled kernel (`fused_bn`); the modules, and eval, are unchanged.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
         layers: list[nn.Module] = [
@@ -24,6 +28,11 @@ class ConvBnAct(nn.Sequential):
         if act:
             layers.append(nn.PReLU(out_ch))
         super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self) == 3:
+            return batchnorm_prelu(self[0](x), self[1], self[2])
+        return self[1](self[0](x))
 
 
 class Bottleneck(nn.Module):

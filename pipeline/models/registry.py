@@ -39,4 +39,4 @@ def list_models() -> list[str]:
 
 def _import_builtin_models() -> None:
     # Imported for their @register_model side effect.
-    from pipeline.models import iresnet, mobilefacenet, vit_teacher  # noqa: F401
+    from pipeline.models import edgeface, iresnet, mobilefacenet, vit_teacher  # noqa: F401

@@ -52,6 +52,31 @@ def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "trainable", "state_dict_backbone"):  # the last: arcface_torch checkpoint_gpu_*.pt
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
+    if isinstance(loaded, dict):
+        loaded = dequantize_packed_linears(loaded, path)
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise DataError(path, "checkpoint is not a mapping of parameter names to tensors")
     return loaded
+
+
+_PACKED = "._packed_params._packed_params"
+_PACKED_SIDE_KEYS = ("._packed_params.dtype", ".scale", ".zero_point")
+
+
+def dequantize_packed_linears(state: dict, source: str | Path) -> dict:
+    """A state dict whose Linears were quantised (`torch.ao.quantization.quantize_dynamic`, e.g. EdgeFace's `_q` files)
+    -> float `<name>.weight` / `<name>.bias` for each, so the float model loads it; other entries pass unchanged."""
+    packed = [key[: -len(_PACKED)] for key in state if key.endswith(_PACKED)]
+    if not packed:
+        return state
+    side_keys = {prefix + suffix for prefix in packed for suffix in _PACKED_SIDE_KEYS}
+    floats = {key: value for key, value in state.items() if not key.endswith(_PACKED) and key not in side_keys}
+    for prefix in packed:
+        value = state[prefix + _PACKED]
+        if not (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], torch.Tensor) and value[0].is_quantized):
+            raise DataError(source, f"{prefix}{_PACKED}: expected (quantised weight, bias), got {type(value).__name__}")
+        weight, bias = value
+        floats[f"{prefix}.weight"] = weight.dequantize()
+        if bias is not None:
+            floats[f"{prefix}.bias"] = bias.detach().float()
+    return floats

@@ -1,4 +1,5 @@
-"""The pipeline's stages in run order: data -> teacher -> baseline -> distill -> evaluate -> export -> parity -> native_parity -> benchmark -> report."""
+"""The pipeline's stages in run order: data -> teacher -> baseline -> distill -> evaluate -> export -> parity -> native_parity ->
+benchmark -> pareto -> report."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pipeline.stages.evaluate_stage import run_evaluate_stage
 from pipeline.stages.export_stage import run_export_stage
 from pipeline.stages.native_parity_stage import run_native_parity_stage
 from pipeline.stages.parity_stage import run_parity_stage
+from pipeline.stages.pareto_stage import run_pareto_stage
 from pipeline.stages.report_stage import run_report_stage
 from pipeline.stages.runner import Stage
 from pipeline.stages.student_stages import run_baseline_stage, run_distill_stage
@@ -15,7 +17,7 @@ from pipeline.stages.teacher_stage import run_teacher_stage, teacher_external_fi
 
 STAGES: list[Stage] = [
     Stage("data", run_data_stage, (), ("seed", "data"), description="prepare training and verification faces"),
-    Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train or load the ViT teacher",
+    Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train the ViT teacher, or load a pretrained one",
           distributed=True),
     Stage("baseline", run_baseline_stage, ("data",), ("seed", "student", "distill"), description="train the student without distillation",
           distributed=True),
@@ -28,7 +30,10 @@ STAGES: list[Stage] = [
           description="the ncnn export through the project's C++ tool: x86, and ARM kernels under qemu"),
     Stage("benchmark", run_benchmark_stage, ("data", "teacher", "distill", "export"), ("benchmark",),
           description="latency of every runnable backend, FLOPs, and the teacher's training cost"),
-    Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark"),
+    Stage("pareto", run_pareto_stage, ("data", "teacher", "distill"), ("seed", "student", "distill", "export", "pareto"),
+          description="students of several sizes: accuracy against ncnn latency", distributed=False),
+    Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark",
+                                       "pareto"),
           ("run_name",),
           description="report.md and report.html"),
 ]

@@ -7,17 +7,28 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DataConfig, RunConfig
+from pipeline.config import DataConfig, ExtraSourceConfig, RunConfig
 from pipeline.data.arrays import FaceArrays, VerificationPairs
 from pipeline.data.store import save_training_set, save_verification_set
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
+from pipeline.inputs import check_input_paths
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 
 
-def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]]:
-    """Read the training set and verification sets the config names."""
+def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs], dict[str, dict]]:
+    """Read the training set (main source, then every extra source appended) and the verification sets the config
+    names; also return, per training source, how many faces and identities it gave."""
+    main, verification = load_main_source(config)
+    parts = [(config.data.source if config.data.source == "synthetic" else Path(config.data.train_path).name, main)]
+    size = (config.data.image_size, config.data.image_size)
+    for index, extra in enumerate(config.data.extra_sources):
+        parts.append((extra.display_name, load_extra_source(extra, size, config.data.max_bad_fraction, config.seed + 1 + index)))
+    return concatenate_sources(parts), verification, source_counts(parts)
+
+
+def load_main_source(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]]:
     data = config.data
     size = (data.image_size, data.image_size)
     if data.source == "synthetic":
@@ -29,7 +40,7 @@ def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]
         return train_set, verification
     if data.train_path is None:
         raise ConfigError(f"data.source is {data.source!r} but data.train_path is not set")
-    check_real_data_paths(data)
+    check_input_paths(config)  # the runner checks before any stage too; this serves direct callers
     if data.source == "image_folder":
         from pipeline.data.image_folder import load_image_folder
 
@@ -45,6 +56,57 @@ def load_sources(config: RunConfig) -> tuple[FaceArrays, list[VerificationPairs]
     return train_set, verification
 
 
+def load_extra_source(extra: ExtraSourceConfig, size: tuple[int, int], max_bad_fraction: float, seed: int) -> FaceArrays:
+    """One extra training source as faces, labelled 0..C-1 or, when unlabelled, -1; the first `max_images` only."""
+    if extra.kind == "synthetic":
+        from pipeline.data.synthetic import SyntheticFaceConfig, generate_training_set
+
+        faces = generate_training_set(SyntheticFaceConfig(**extra.synthetic.model_dump(), image_size=size[0], seed=seed), progress=True)
+    elif extra.kind == "unlabelled_folder":
+        from pipeline.data.image_folder import load_unlabelled_folder
+
+        faces = load_unlabelled_folder(Path(extra.path), size=size, max_bad_fraction=max_bad_fraction)
+    elif extra.kind == "image_folder":
+        from pipeline.data.image_folder import load_image_folder
+
+        faces = load_image_folder(Path(extra.path), size=size, max_bad_fraction=max_bad_fraction).faces
+    else:
+        from pipeline.data.recordio import load_recordio
+
+        faces = load_recordio(Path(extra.path), size=size, max_bad_fraction=max_bad_fraction)
+    if extra.max_images is not None and extra.max_images < len(faces.labels):
+        faces = FaceArrays(faces.images[: extra.max_images], faces.labels[: extra.max_images])
+    if not extra.is_labelled:
+        faces = FaceArrays(faces.images, np.full(len(faces.labels), -1, dtype=np.int64))
+    return faces
+
+
+def concatenate_sources(parts: list[tuple[str, FaceArrays]]) -> FaceArrays:
+    """One training set: each labelled source's identities numbered after those of the sources before it (the same
+    person in two sources counts as two identities); unlabelled faces keep -1."""
+    if len(parts) == 1:
+        return parts[0][1]
+    images, labels, offset = [], [], 0
+    for _, faces in parts:
+        labelled = faces.labels >= 0
+        shifted = np.where(labelled, faces.labels + offset, -1)
+        offset += int(faces.labels[labelled].max()) + 1 if labelled.any() else 0
+        images.append(np.asarray(faces.images))
+        labels.append(shifted.astype(np.int64))
+    return FaceArrays(np.concatenate(images), np.concatenate(labels))
+
+
+def source_counts(parts: list[tuple[str, FaceArrays]]) -> dict[str, dict]:
+    counts = {}
+    for name, faces in parts:
+        labelled = faces.labels >= 0
+        counts[name if name not in counts else f"{name}#{len(counts)}"] = {
+            "images": int(len(faces.labels)), "labelled": int(labelled.sum()),
+            "identities": int(len(np.unique(faces.labels[labelled]))),
+        }
+    return counts
+
+
 def select_identities(faces: FaceArrays, min_images: int, max_identities: int | None) -> FaceArrays:
     """Identities with at least `min_images` images, the first `max_identities` of them by label, relabelled 0..C-1."""
     counts = np.bincount(faces.labels, minlength=faces.num_identities)
@@ -58,18 +120,6 @@ def select_identities(faces: FaceArrays, min_images: int, max_identities: int | 
     rows = np.flatnonzero(new_label[faces.labels] >= 0)
     log.info("data: kept %d of %d identities (min %d images, max %s identities)", len(kept), len(counts), min_images, max_identities)
     return FaceArrays(faces.images[rows], new_label[faces.labels[rows]])
-
-
-def check_real_data_paths(data: DataConfig) -> None:
-    """A missing path under the real-data root (${FACE_DATA_ROOT}) fails naming the variable that points there."""
-    from pipeline.data.real_data import expected_real_data_root
-
-    root = expected_real_data_root()
-    paths = [data.train_path] + [p for entry in data.verification for p in (entry.path, entry.image_root) if p]
-    for path in paths:
-        if Path(path).is_relative_to(root) and not Path(path).exists():
-            raise DataError(path, f"does not exist: the real face data root {root} (FACE_DATA_ROOT, default shared/data "
-                                  "beside the repository) does not hold it; set FACE_DATA_ROOT to the folder with lfw/")
 
 
 def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list[VerificationPairs]:
@@ -92,7 +142,7 @@ def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list
 
 
 def run_data_stage(context: StageContext) -> None:
-    train_set, verification = load_sources(context.config)
+    train_set, verification, per_source = load_sources(context.config)
     save_training_set(context.out_dir, train_set)
     for pairs in verification:
         save_verification_set(context.out_dir, pairs)
@@ -100,7 +150,10 @@ def run_data_stage(context: StageContext) -> None:
         "source": context.config.data.source,
         "train_images": int(len(train_set.labels)),
         "train_identities": train_set.num_identities,
+        "train_unlabelled_images": int((train_set.labels < 0).sum()),
+        "train_sources": per_source,
         "verification_sets": {p.name: {"pairs": p.num_pairs, "same": int(p.issame.sum())} for p in verification},
     })
-    log.info("data: %d training images of %d identities; verification: %s", len(train_set.labels), train_set.num_identities,
+    log.info("data: %d training images of %d identities (%s); verification: %s", len(train_set.labels), train_set.num_identities,
+             ", ".join(f"{name}: {c['images']} images, {c['identities']} identities" for name, c in per_source.items()),
              ", ".join(f"{p.name} ({p.num_pairs} pairs)" for p in verification))

@@ -29,6 +29,8 @@ def run_evaluate_stage(context: StageContext) -> None:
     verification_sets = load_verification_sets(context.input_dir("data"))
     metrics: dict[str, dict] = {}
     for label, stage, stem in EVALUATED_MODELS:
+        if label == "student_nokd" and not context.config.distill.train_baseline:
+            continue
         model = load_model(context.input_dir(stage), stem)
         runner = TorchRunner(model, run_preprocess_spec(context.config, model.embedding_dim))
         for pairs in verification_sets:

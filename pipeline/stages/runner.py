@@ -31,6 +31,7 @@ from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic, writ
 from pipeline.config import RunConfig
 from pipeline.distill.distributed import Distributed, current
 from pipeline.errors import PipelineError
+from pipeline.inputs import check_input_paths
 from pipeline.interrupts import raise_if_stop_requested, stop_requested
 
 log = logging.getLogger("pipeline.stages")
@@ -138,6 +139,7 @@ class StageRunner:
         for name in (from_stage, until):
             if name is not None and name not in self.names:
                 raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(self.names)}")
+        check_input_paths(self.config)
         first_forced = self.names.index(from_stage) if from_stage else None
         last = self.names.index(until) if until else len(self.names) - 1
         in_range = self.stages[: last + 1]

@@ -27,8 +27,9 @@ from pipeline.distill import distributed
 from pipeline.distill.apt import PromptedTeacher
 from pipeline.distill.batches import images_to_tensor
 from pipeline.distill.checkpoint import load_module_weights
-from pipeline.distill.objective import build_losses, loss_context, reads_teacher, teacher_taps
-from pipeline.distill.trainer import TeacherSignals, train_recognition_model
+from pipeline.distill.objective import build_losses, loss_context, reads_teacher, teacher_taps, teacher_token_shapes
+from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals, tap_index, teacher_runs_in_bf16
+from pipeline.distill.trainer import train_recognition_model
 from pipeline.errors import ConfigError
 from pipeline.interrupts import stop_requested
 from pipeline.models.margin import CombinedMarginHead
@@ -66,25 +67,35 @@ def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict
         teacher_model = load_model(job.teacher_dir, "teacher")
         teacher_head = load_teacher_head(job.teacher_dir, config, teacher_model, train_set.num_identities)
     losses = build_losses(objective, loss_context(student, config.data.image_size, teacher_model, teacher_head), job.seed)
-    teacher: TeacherSignals | PromptedTeacher | None = None
+    teacher: TeacherSignals | PromptedTeacher | FrozenTeacher | None = None
+    optim = config.distill.optim
     if objective.apt is not None:
         if teacher_head is None:
             raise ConfigError(f"APT keeps the teacher's margin loss, which needs {TEACHER_HEAD_FILE} from a trained teacher stage")
         apt = objective.apt
         teacher = PromptedTeacher(teacher_model, teacher_head, apt.num_prompts, apt.blocks, apt.teacher_margin_weight)
     elif any(reads_teacher(loss) for loss in losses) and teacher_model is not None:
-        teacher = teacher_signals(job, teacher_model, teacher_taps(losses), train_set.images)
+        if optim.augment is not None:  # the teacher embeds the augmented view the student sees, every step
+            teacher = FrozenTeacher(teacher_model, teacher_runs_in_bf16(config.distill.teacher_precision, distributed.current().device))
+        else:
+            teacher = teacher_signals(job, teacher_model, teacher_taps(losses), train_set.images)
     head, result = train_recognition_model(
-        student, train_set, run_preprocess_spec(config), config.distill.margin, config.distill.optim,
+        student, train_set, run_preprocess_spec(config), config.distill.margin, optim,
         job.seed, job.work_dir / f"{stem}_checkpoint", losses, teacher, description=stem, should_stop=stop_requested,
+        margin_weight=objective.margin_weight, evaluate=curve_evaluator(job, config) if optim.eval_every_steps else None,
     )
     save_model(job.out_dir, stem, student, config.student.model, dict(config.student.model_args))
     save_weights(job.out_dir / f"{stem}_head.safetensors", head)
     write_json(job.out_dir, f"{stem}_history.json", result.history)
+    if result.curve:
+        write_json(job.out_dir, f"{stem}_curve.json", result.curve)
     return {
         "steps": result.global_steps, "resumed_from_step": result.resumed_from_step,
         "train_wall_time_s": round(result.wall_time_s, 1), "images_per_s": round(result.images_per_s, 1),
-        "losses": [loss.name for loss in losses], "apt": objective.apt is not None,
+        "losses": [loss.name for loss in losses], "apt": objective.apt is not None, "margin_weight": objective.margin_weight,
+        "teacher_signals": "none" if teacher is None else "cached" if isinstance(teacher, TeacherSignals) else "live",
+        "teacher_bf16": bool(getattr(teacher, "bf16", False)),
+        "augment": optim.augment is not None,
         "parameters": sum(p.numel() for p in student.parameters()),
     }
 
@@ -99,21 +110,29 @@ def load_teacher_head(teacher_dir: Path, config: RunConfig, teacher: nn.Module, 
     return head.eval()
 
 
-def _stage_job(context: StageContext, teacher: bool) -> StudentJob:
-    config = context.config
+def student_job(context: StageContext, config: RunConfig, teacher: bool, work_dir: Path | None = None, out_dir: Path | None = None) -> StudentJob:
+    """Where a stage's student training reads and writes: its data, the teacher stage (or none), and its folders.
+
+    The teacher-signal cache is keyed by the data's and the teacher's output hashes, so every student trained on the
+    same data and teacher shares it."""
     return StudentJob(
-        config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, context.work_dir, context.work_dir, context.out_dir,
+        config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, work_dir or context.work_dir,
+        context.work_dir, out_dir or context.out_dir,
         sha256_json({"teacher": context.extra_inputs.get("teacher"), "data": context.extra_inputs["data"]})[:16], config.seed,
     )
 
 
 def run_baseline_stage(context: StageContext) -> None:
-    """The no-distillation student: same data, trainer and budget as `distill`, margin loss only."""
-    context.summary["student_nokd"] = train_student(_stage_job(context, teacher=False), "student_nokd", DistillVariant())
+    """The no-distillation student: same data, trainer and budget as `distill`, margin loss only (`distill.train_baseline`
+    false: none, and the report says so)."""
+    if not context.config.distill.train_baseline:
+        context.summary["student_nokd"] = "not trained (distill.train_baseline is false)"
+        return
+    context.summary["student_nokd"] = train_student(student_job(context, context.config, teacher=False), "student_nokd", DistillVariant())
 
 
 def run_distill_stage(context: StageContext) -> None:
-    context.summary["student"] = train_student(_stage_job(context, teacher=True), "student", context.config.distill.objective())
+    context.summary["student"] = train_student(student_job(context, context.config, teacher=True), "student", context.config.distill.objective())
 
 
 def teacher_signals(job: StudentJob, teacher: nn.Module, taps: list[str], images: np.ndarray) -> TeacherSignals:
@@ -144,7 +163,8 @@ def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: Prepro
         token_arrays = {}
         for tap, path in token_paths.items():
             temp = stack.enter_context(atomic_path(path))
-            shape = (count, 2, teacher.grid_size * teacher.grid_size, teacher.width)
+            grid_h, grid_w, channels = teacher_token_shapes(teacher)[tap]
+            shape = (count, 2, grid_h * grid_w, channels)
             token_arrays[tap] = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float16, shape=shape)
         for start in tqdm(range(0, count, batch_size), desc="teacher signals", unit="batch"):
             rows = images[start : start + batch_size]
@@ -153,7 +173,7 @@ def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: Prepro
                 if token_paths:
                     embedding, per_block = teacher.forward_tokens(batch)
                     for tap, array in token_arrays.items():
-                        array[start : start + len(rows), mirror] = per_block[int(tap.split(".")[1])].numpy().astype(np.float16)
+                        array[start : start + len(rows), mirror] = per_block[tap_index(tap)].numpy().astype(np.float16)
                 else:
                     embedding = teacher(batch)
                 embeddings[start : start + len(rows), mirror] = embedding.numpy()
@@ -162,3 +182,20 @@ def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: Prepro
     save_array(embeddings_path, embeddings)
     log.info("distill: cached teacher embeddings %s%s", embeddings.shape, f" and tokens at {', '.join(token_paths)}" if token_paths else "")
 
+
+
+def curve_evaluator(job: StudentJob, config: RunConfig):
+    """Scores a backbone on the run's first verification set (name order), for the accuracy-against-time curve."""
+    from deploy.runners.torch_runner import TorchRunner
+    from pipeline.data.store import load_verification_sets
+    from pipeline.evaluation.verification import evaluate_verification
+
+    pairs = load_verification_sets(job.data_dir)[0]
+    images = np.asarray(pairs.images)
+
+    def evaluate(backbone: nn.Module) -> dict[str, float]:
+        embeddings = TorchRunner(backbone, run_preprocess_spec(config, backbone.embedding_dim)).embed(images, batch_size=128)
+        result = evaluate_verification(embeddings, pairs.issame)
+        return {"set": pairs.name, "accuracy": round(100 * result.accuracy, 2), "accuracy_std": round(100 * result.accuracy_std, 2)}
+
+    return evaluate

@@ -1,4 +1,4 @@
-"""Stage `teacher`: train the ViT teacher with a margin head, or load a user's trained teacher."""
+"""Stage `teacher`: train the ViT teacher with a margin head, or load a user's pretrained teacher (a ViT, EdgeFace, ...)."""
 
 from __future__ import annotations
 
