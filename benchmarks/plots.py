@@ -88,13 +88,8 @@ def plot_pareto(rows: list[dict], path: Path, accuracy_label: str) -> Path:
                   label=f"ncnn {precision}", alpha=0.85)
         for r in line:
             axes.annotate(r["student"], (r["p50_ms"], r["accuracy"]), fontsize=8, xytext=(4, -10), textcoords="offset points")
-    axes.set_xlabel(f"ncnn p50 latency, batch 1, {timed[0]['threads'] if timed else 1} thread(s) (ms)")
-    axes.set_ylabel(accuracy_label)
-    axes.set_title("Accuracy against latency: students of several sizes, one teacher")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    return _save(figure, path)
+    return _finish(figure, axes, path, f"ncnn p50 latency, batch 1, {timed[0]['threads'] if timed else 1} thread(s) (ms)",
+                   accuracy_label, "Accuracy against latency: students of several sizes, one teacher")
 
 
 def plot_training_curves(curves: dict[str, list[dict]], path: Path, accuracy_label: str) -> Path:
@@ -102,9 +97,14 @@ def plot_training_curves(curves: dict[str, list[dict]], path: Path, accuracy_lab
     figure, axes = plt.subplots(figsize=(8, 4.5))
     for label, points in curves.items():
         axes.plot([p["train_s"] / 60 for p in points], [p["accuracy"] for p in points], marker="o", markersize=3, label=label)
-    axes.set_xlabel("training time (min)")
-    axes.set_ylabel(accuracy_label)
-    axes.set_title("Accuracy against training time")
+    return _finish(figure, axes, path, "training time (min)", accuracy_label, "Accuracy against training time")
+
+
+def _finish(figure, axes, path: Path, xlabel: str, ylabel: str, title: str) -> Path:
+    """Labels, grid and legend of a line plot, then the PNG."""
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

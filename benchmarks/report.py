@@ -206,15 +206,23 @@ def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
     speed_path = run_dir / "benchmark" / "distill_speed.json"
     if speed_path.is_file():
         speed = json.loads(speed_path.read_text())
+        now = speed.get("settings_now", {})
         doc.paragraph(f"Training images/s on {speed['threads']} threads at batch {speed['batch_size']}, median of {speed['steps_timed']} "
-                      f"steps of the one trainer (benchmarks/distill_speed.py); distillation terms: {', '.join(speed['losses'])}. "
-                      f"An online distillation step takes {speed['online_step_time_vs_student_alone']}x the student-alone step's time.")
-        doc.table(["training step", "images/s"], [
-            ["student alone (margin loss; the baseline stage)", f"{speed['student_alone_images_per_s']:.1f}"],
-            ["distill, cached teacher embeddings (the distill stage)", f"{speed['distill_cached_teacher_images_per_s']:.1f}"],
-            ["distill, teacher forward inside the step (online)", f"{speed['distill_online_teacher_images_per_s']:.1f}"],
-            ["teacher forward alone (inference; the cache's cost per image)", f"{speed['teacher_forward_images_per_s']:.1f}"],
-        ])
+                      f"steps of the one trainer (benchmarks/distill_speed.py); distillation terms: {', '.join(speed['losses'])}; "
+                      f"CPU features: {', '.join(speed.get('cpu_features', [])) or 'none of note'}. The student trains "
+                      f"{speed.get('student_speedup_vs_before', '?')}x as fast as with the trainer's old settings. An online "
+                      f"distillation step takes {speed['online_step_time_vs_student_alone']}x the student-alone step's time.")
+        rows = [
+            ["student alone, before: NCHW, ATen BatchNorm and PReLU", speed.get("student_alone_before_images_per_s")],
+            [f"student alone, now: channels-last {now.get('channels_last')}, fused BatchNorm+PReLU {now.get('fused_kernels_ran')} "
+             "(the baseline stage)", speed["student_alone_images_per_s"]],
+            ["distill, cached teacher embeddings (no augmentation)", speed["distill_cached_teacher_images_per_s"]],
+            ["distill, teacher forward inside the step, fp32", speed.get("distill_online_teacher_fp32_images_per_s")],
+            [f"distill, teacher forward inside the step, {'bf16' if now.get('teacher_bf16') else 'fp32'}", speed["distill_online_teacher_images_per_s"]],
+            ["distill, online teacher and augmentation (the distill stage with `optim.augment`)", speed.get("distill_online_teacher_augmented_images_per_s")],
+            ["teacher forward alone (inference; the cache's cost per image)", speed["teacher_forward_images_per_s"]],
+        ]
+        doc.table(["training step", "images/s"], [[label, f"{value:.1f}"] for label, value in rows if value is not None])
     stage_rows = [[name, f"{m.get('wall_time_s', 0):.1f}"] for name, m in manifests.items() if name in {"teacher", "baseline", "distill"}]
     if stage_rows:
         doc.paragraph("Stage wall times of this run (a cached stage keeps the time of the run that computed it):")

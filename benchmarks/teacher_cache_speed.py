@@ -3,7 +3,7 @@
 Measured through the pipeline's own code. The cache is built by `compute_teacher_signals` (the distill stage's
 function: embeddings of every image and its mirror in fp32, patch tokens at a tap in fp16, memory-mapped) and read
 back as the stage reads it; a distill step is `train_recognition_model` fed either those cached signals or a live
-teacher that runs its forward pass inside every step (`LiveTeacher`). Figures:
+teacher that runs its forward pass inside every step (`FrozenTeacher`, the trainer's live teacher). Figures:
 - build: seconds to compute the cache once (and so the teacher's inference images/s, the price a live step pays on
   top); load: seconds to open it again (a later run, seed or variant: a cache hit);
 - distill step images/s, cached vs live, for an embedding term (embedding_kd) and a token term (fitnet at a teacher block);
@@ -31,26 +31,12 @@ from pipeline.config import DistillVariant, LossConfig, RunConfig, load_config, 
 from pipeline.data.arrays import FaceArrays
 from pipeline.data.store import load_array
 from pipeline.distill.objective import build_losses, loss_context
-from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
+from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals
 from pipeline.models.registry import create_model
 from pipeline.stages.common import run_preprocess_spec
 from pipeline.stages.student_stages import compute_teacher_signals
 
 log = logging.getLogger(__name__)
-
-
-class LiveTeacher:
-    """The frozen teacher run inside every distill step: what distillation costs without the cache."""
-
-    def __init__(self, teacher: nn.Module):
-        self.teacher = teacher.eval()
-
-    @torch.no_grad()
-    def signals(self, indices: np.ndarray, flipped: np.ndarray, images: torch.Tensor, labels: torch.Tensor, taps: tuple[str, ...]) -> TeacherBatch:
-        if not taps:
-            return TeacherBatch(embedding=self.teacher(images))
-        embedding, per_block = self.teacher.forward_tokens(images)
-        return TeacherBatch(embedding, {tap: per_block[int(tap.split(".")[1])] for tap in taps})
 
 
 def measure_teacher_cache(config: RunConfig, images: int, steps: int, tap: str | None, seed: int = 0) -> dict:
@@ -80,13 +66,13 @@ def measure_teacher_cache(config: RunConfig, images: int, steps: int, tap: str |
         cached = TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), {tap: load_array(tokens_path)})
         result["load_s"] = round(time.perf_counter() - started, 3)
         # Enough epochs that the timed steps fit even when the images make one or two batches (the projection uses the profile's).
-        timing = config.distill.model_copy(update={"optim": config.distill.optim.model_copy(update={"epochs": steps + 2})})
+        timing = config.distill.model_copy(update={"optim": config.distill.optim.model_copy(update={"epochs": steps + 3})})
         for kind, loss in (("embedding", LossConfig(name="embedding_kd")),
                            ("tokens", LossConfig(name="fitnet", args={"teacher_tap": tap}))):
             variant = DistillVariant(losses=[loss])
             terms = lambda: build_losses(variant, loss_context(make_student(), config.data.image_size, teacher, None), seed)  # noqa: E731
             cached_ips, timed = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), cached)
-            live_ips, _ = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), LiveTeacher(teacher))
+            live_ips, _ = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), FrozenTeacher(teacher))
             result[kind] = {"cached_images_per_s": cached_ips, "live_images_per_s": live_ips, "steps_timed": timed,
                             "step_speedup": round(cached_ips / live_ips, 2)}
     return result

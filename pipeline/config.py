@@ -158,6 +158,8 @@ class OptimConfig(Section):
     fused_kernels: bool = Field(True, description="BatchNorm + PReLU as one compiled kernel in training (pipeline/models/"
                                                   "fused_bn.py; measured 1.4x faster MobileFaceNet steps); eager where "
                                                   "torch.compile cannot run")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
+                                    "(timm's ModelEmaV3, with warm-up) and save it as the trained model; none: the last weights")
     augment: AugmentConfig | None = Field(None, description="online augmentation of training faces; none: flips only "
                                                             "(a distilling teacher then runs once, from its cache)")
     eval_every_steps: int | None = Field(None, ge=1, description="score the first verification set every N steps "

@@ -13,28 +13,33 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+def _configured_root(variable: str, default: Path) -> Path:
+    configured = os.environ.get(variable)
+    return Path(configured).expanduser() if configured else default
+
+
+def _existing(root: Path) -> Path | None:
+    return root if root.is_dir() else None
+
+
 def expected_real_data_root() -> Path:
     """$FACE_DATA_ROOT if set, else the `shared/data` folder beside the repository (whether or not it exists)."""
-    configured = os.environ.get("FACE_DATA_ROOT")
-    return Path(configured).expanduser() if configured else REPO_ROOT.parent / "shared" / "data"
+    return _configured_root("FACE_DATA_ROOT", REPO_ROOT.parent / "shared" / "data")
 
 
 def default_real_data_root() -> Path | None:
     """The real data folder, or None when it is absent."""
-    root = expected_real_data_root()
-    return root if root.is_dir() else None
+    return _existing(expected_real_data_root())
 
 
 def expected_models_root() -> Path:
     """$FACE_MODELS_ROOT if set, else the `shared/models` folder beside the repository (whether or not it exists)."""
-    configured = os.environ.get("FACE_MODELS_ROOT")
-    return Path(configured).expanduser() if configured else REPO_ROOT.parent / "shared" / "models"
+    return _configured_root("FACE_MODELS_ROOT", REPO_ROOT.parent / "shared" / "models")
 
 
 def default_models_root() -> Path | None:
     """The pretrained-models folder, or None when it is absent."""
-    root = expected_models_root()
-    return root if root.is_dir() else None
+    return _existing(expected_models_root())
 
 
 # Placeholders a profile may use in paths -> (environment variable, where it points by default).

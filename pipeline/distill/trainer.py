@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from timm.utils.model_ema import ModelEmaV3
 from tqdm import tqdm
 
 from deploy.preprocess import PreprocessSpec
@@ -130,6 +131,8 @@ def train_recognition_model(
     for module in (backbone, live_teacher):
         if module is not None:
             module.to(memory_format=memory_format)
+    if optim.ema_decay is not None:  # after the memory-format change, so the average is laid out like the backbone
+        modules["ema"] = ModelEmaV3(backbone, decay=optim.ema_decay, use_warmup=True, warmup_power=3 / 4)
     trainable = nn.ModuleDict(modules).to(device)
     optimizer = torch.optim.AdamW([p for p in trainable.parameters() if p.requires_grad], lr=optim.lr, weight_decay=optim.weight_decay)
 
@@ -240,6 +243,8 @@ def train_recognition_model(
                     loss.backward()
                     optimizer.step()
                     global_step += 1
+                    if "ema" in trainable:
+                        trainable["ema"].update(backbone, step=global_step)
                     trained_s += time.perf_counter() - step_started
                     logged = {"loss": loss, **terms}
                     means = ctx.mean_over_ranks(torch.stack([value.detach().float() for value in logged.values()]))
@@ -250,7 +255,7 @@ def train_recognition_model(
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.1e}")
                     if evaluate is not None and optim.eval_every_steps and (
                             global_step % optim.eval_every_steps == 0 or global_step == total_steps):
-                        curve.append(curve_point(backbone, evaluate, global_step, optim.batch_size, trained_s, ctx))
+                        curve.append(curve_point(trained_weights(trainable), evaluate, global_step, optim.batch_size, trained_s, ctx))
                         log.info("%s step %d: %s", description, global_step,
                                  ", ".join(f"{k}={v}" for k, v in curve[-1].items() if k != "step"))
                     epoch_done = batch.step_in_epoch == per_epoch - 1 or global_step == total_steps
@@ -276,10 +281,17 @@ def train_recognition_model(
             live_teacher.cpu().to(memory_format=torch.contiguous_format)
         if optim.sync_batchnorm and ctx.enabled:
             unsync_batchnorms(backbone)
+    if "ema" in trainable:  # the average is the trained model
+        backbone.load_state_dict(trainable["ema"].module.state_dict())
     wall = time.perf_counter() - started
     trained_images = (global_step - resumed_from) * min(optim.batch_size, num_rows)  # over all ranks
     backbone.eval()
     return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history, curve)
+
+
+def trained_weights(trainable: nn.ModuleDict) -> nn.Module:
+    """The network training produces: the weight average where one is kept (`optim.ema_decay`), else the backbone."""
+    return trainable["ema"].module if "ema" in trainable else trainable["backbone"]
 
 
 def usable_rows(labels: np.ndarray, needs_teacher: bool, description: str) -> np.ndarray | None:

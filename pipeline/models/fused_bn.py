@@ -58,6 +58,11 @@ def fused_kernels_active() -> bool:
     return _state["enabled"] and not _state["broken"]
 
 
+def fused_kernels_failed() -> bool:
+    """True once torch.compile failed here (and training fell back to the eager modules)."""
+    return _state["broken"]
+
+
 def batchnorm_prelu(x: torch.Tensor, bn: nn.BatchNorm2d, prelu: nn.PReLU) -> torch.Tensor:
     """`prelu(bn(x))`: in training mode inside `fused_kernels(True)` one compiled kernel, with BatchNorm's running
     statistics updated as `nn.BatchNorm2d` does (momentum, unbiased variance); otherwise the modules themselves."""
