@@ -57,7 +57,7 @@ def configure_logging() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from benchmarks.report import model_labels, summary_rows
+    from benchmarks.report import distillation_verdict, model_labels, summary_rows
     from pipeline.distill.distributed import init_from_environment, shutdown
     from pipeline.stages import STAGES
     from pipeline.stages.parity_stage import all_parity_results, failed_parity
@@ -91,6 +91,10 @@ def run_command(args: argparse.Namespace) -> int:
     print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
     for row in summary_rows(metrics, parity, latency, model_labels(run_dir)):
         print("| " + " | ".join(row) + " |")
+    first_set = parity.get("verification_set") or next(iter(metrics))
+    verdict = distillation_verdict(metrics[first_set])
+    if verdict:
+        print(f"\n{first_set}: {verdict}")
     print(f"\nReport: {report.resolve()}\n        {report.with_suffix('.html').resolve()}")
     failures = failed_parity(parity)
     for failure in failures:

@@ -118,15 +118,17 @@ class AugmentConfig(Section):
     A distilling teacher embeds the same augmented view the student sees, so it runs live every step.
     """
 
+    # Defaults measured on real faces (README): shift 0.08 and brightness 0.25 with JPEG 0.1 cost 2.8 points at 300 steps
+    # against these milder values; aligned test faces do not move much.
     scale: float = Field(0.1, ge=0, lt=1, description="random zoom by 1 +- scale")
-    shift: float = Field(0.08, ge=0, le=0.5, description="random shift, up to this fraction of the face side")
+    shift: float = Field(0.04, ge=0, le=0.5, description="random shift, up to this fraction of the face side")
     rotate_degrees: float = Field(8.0, ge=0, le=45)
-    brightness: float = Field(0.25, ge=0, le=1, description="+- this fraction of the pixel range")
+    brightness: float = Field(0.125, ge=0, le=1, description="+- this fraction of the pixel range")
     contrast: float = Field(0.3, ge=0, le=1, description="contrast scaled by 1 +- contrast")
     saturation: float = Field(0.3, ge=0, le=1, description="saturation scaled by 1 +- saturation")
     grayscale_probability: float = Field(0.1, ge=0, le=1)
     blur_probability: float = Field(0.1, ge=0, le=1, description="a 5x5 binomial blur")
-    jpeg_probability: float = Field(0.1, ge=0, le=1)
+    jpeg_probability: float = Field(0.0, ge=0, le=1)
     jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality drawn from this range")
     occlusion_probability: float = Field(0.1, ge=0, le=1, description="a grey rectangle over part of the face")
     occlusion_size: tuple[float, float] = Field((0.15, 0.35), description="its sides, as fractions of the face side")

@@ -3,10 +3,16 @@
 Checkpoints every N steps and at each epoch end; a rerun resumes from the last one and, because batches
 derive from (seed, epoch) and RNG state is saved, reaches the same weights as an uninterrupted run.
 
-The teacher is either cached signals (`TeacherSignals`: embeddings and patch tokens of every image and its
-mirror, computed once) or a live module trained alongside the student (`apt.PromptedTeacher`): its trainable
-parts (prompts) join the optimiser and the checkpoint, and its own loss joins the objective. Student feature
-maps that terms read are captured with forward hooks, removed again before the function returns.
+The teacher is cached signals (`TeacherSignals`: embeddings and patch tokens of every image and its mirror,
+computed once), a frozen teacher run on each (augmented) batch (`FrozenTeacher`), or a live module trained alongside
+the student (`apt.PromptedTeacher`): its trainable parts (prompts) join the optimiser and the checkpoint, and its own
+loss joins the objective. Student feature maps that terms read are captured with forward hooks, removed again before
+the function returns.
+
+Speed and recipe settings live in `OptimConfig`: channels-last tensors, the compiled BatchNorm+PReLU kernel
+(`models/fused_bn.py`), online augmentation (`augment.py`, each face's view fixed by a seed its batch carries), a
+moving average of the weights (timm's ModelEmaV3) saved as the trained model, and an evaluation every N steps that
+records accuracy against training time.
 
 Under torchrun (`distributed.py`) the step runs inside DistributedDataParallel on this rank's slice of the global
 batch; only rank 0 writes checkpoints, and every rank resumes from them.
