@@ -132,7 +132,9 @@ def candidates_for(target: Path, model_name: str | None, threads: int, native: l
         raise DataError(target, "does not exist")
     if target.is_dir() and target.suffix != ".mlpackage":
         if any((target / name).is_dir() for name in RUN_MODEL_FOLDERS + ("export",)):
-            found = [c for name in RUN_MODEL_FOLDERS if (target / name).is_dir() for c in saved_model_candidates(target / name, threads)]
+            folders = [target / name for name in RUN_MODEL_FOLDERS if (target / name).is_dir()]
+            folders += sorted(p for p in (target / "pareto").glob("*") if p.is_dir())  # one folder per Pareto student
+            found = [c for folder in folders for c in saved_model_candidates(folder, threads)]
             if (target / "export" / "exports.json").is_file():
                 found += export_candidates(target / "export", threads, native)
         elif (target / "exports.json").is_file():
@@ -154,7 +156,7 @@ def saved_model_candidates(folder: Path, threads: int) -> list[Candidate]:
         except (OSError, ValueError):
             continue
         if isinstance(described, dict) and "model" in described and spec_path.with_suffix(".safetensors").is_file():
-            label = spec_path.stem if folder.name in spec_path.stem else f"{spec_path.stem} ({folder.name})"
+            label = spec_path.stem if folder.parent.name != "pareto" else folder.name
             found.append(Candidate(label, "pytorch", "fp32", lambda folder=folder, stem=spec_path.stem: _torch_runner_of_saved(folder, stem, threads)))
     return found
 

@@ -16,19 +16,20 @@ from pipeline.errors import DataError
 _ROOTS = {"FACE_DATA_ROOT": ("shared/data", "the folder with lfw/"), "FACE_MODELS_ROOT": ("shared/models", "the folder with edgeface/")}
 
 
-def configured_input_paths(config: RunConfig) -> list[str]:
-    """Files and folders the config names as inputs: training sources, verification sets, the teacher checkpoint."""
+def configured_input_paths(config: RunConfig) -> list[tuple[str, str]]:
+    """(what it is, path) of every input the config names: training sources, verification sets, the teacher checkpoint."""
     data = config.data
-    paths = [data.train_path] if data.source != "synthetic" else []
-    paths += [extra.path for extra in data.extra_sources if extra.path]
-    paths += [p for entry in data.verification for p in (entry.path, entry.image_root) if p]
-    paths += [config.teacher.checkpoint] if config.teacher.checkpoint else []
-    return [path for path in paths if path]
+    paths = [("dataset folder", data.train_path)] if data.source != "synthetic" else []
+    paths += [("dataset folder", extra.path) for extra in data.extra_sources if extra.path]
+    for entry in data.verification:
+        paths += [("verification set", entry.path), ("verification image folder", entry.image_root)]
+    paths += [("teacher checkpoint", config.teacher.checkpoint)]
+    return [(what, path) for what, path in paths if path]
 
 
 def check_input_paths(config: RunConfig) -> None:
     """Raise `DataError` naming the first configured input that does not exist (and the variable behind its root)."""
-    for path in configured_input_paths(config):
+    for what, path in configured_input_paths(config):
         if Path(path).exists():
             continue
         for variable, root_of in PATH_PLACEHOLDERS.values():
@@ -37,4 +38,4 @@ def check_input_paths(config: RunConfig) -> None:
                 default, holds = _ROOTS[variable]
                 raise DataError(path, f"does not exist: {root} ({variable}, default {default} beside the repository) does not "
                                       f"hold it; set {variable} to {holds}")
-        raise DataError(path, "does not exist")
+        raise DataError(path, f"{what} does not exist")

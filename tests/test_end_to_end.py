@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_stage_ran_and_wrote_a_manifest(tiny_run):
     run_dir = tiny_run["run_dir"]
-    assert [o.name for o in tiny_run["outcomes"]] == ["data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark", "report"]
+    assert [o.name for o in tiny_run["outcomes"]] == ["data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark", "pareto", "report"]
     for outcome in tiny_run["outcomes"]:
         manifest = read_json(run_dir / outcome.name / "manifest.json")
         assert manifest["outputs"], outcome.name

@@ -107,5 +107,5 @@ def test_missing_extra_source_is_one_line_before_any_stage(tmp_path, capsys):
     profile = tmp_path / "profile.yaml"
     profile.write_text(f"data:\n  extra_sources:\n    - {{kind: unlabelled_folder, path: {tmp_path / 'nowhere'}}}\n")
     assert main(["run", "--profile", str(profile), "--runs-dir", str(tmp_path / "runs")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'}: does not exist"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'}: dataset folder does not exist"
     assert not (tmp_path / "runs" / "default" / "data").exists()
