@@ -52,6 +52,10 @@ class ExportFormat:
     # (export dir, record, spec, one preprocessed image batch) -> every layer's output, for localising divergence
     layer_outputs: Callable[[Path, dict, PreprocessSpec, np.ndarray], list] | None = None
 
+    def main_file(self, precision: str) -> str:
+        """The file (or bundle) a deployer opens for this precision: what an error while exporting it names."""
+        return f"student_{precision}{self.suffix}"
+
 
 def _export_onnx(request: ExportRequest) -> dict:
     name = f"student_{request.precision}.onnx"

@@ -23,8 +23,62 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)  # read once: mkstemp creates files 0600, artifacts get the mode a plain open() would give
 
 
+# The machine's fault, not the code's: a full disk or quota, a file-size limit, a read-only or failing disk.
+WRITE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
 class ArtifactWriteError(DataError):
     """An artifact could not be written (disk full, quota, read-only folder): names the file; the old one is intact."""
+
+
+def write_fault(exc: BaseException) -> OSError | None:
+    """The OSError of the WRITE_FAULTS kind behind `exc` (itself, or anything it was raised from), else None.
+
+    Tells "the machine could not store it" apart from "the code could not make it", whatever wrapped the OSError.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in WRITE_FAULTS:
+            return current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def write_error(final_path: str | Path, exc: OSError, temp_path: str | Path | None = None) -> ArtifactWriteError:
+    """The one-line error for `exc` while writing `final_path`: names the final file, never a temporary one.
+
+    When a write fault hit a tool's scratch file on another disk (/tmp), that folder is named instead, since it
+    is the disk to free; the free space shown is that of the disk the write failed on.
+    """
+    final_path = Path(final_path)
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{exc.strerror or exc}{f' [{code}]' if code else ''}"
+    space_of = final_path.parent
+    failed_on = Path(exc.filename) if exc.filename else None
+    if failed_on is not None and str(failed_on) not in {str(temp_path), str(final_path)}:
+        if exc.errno not in WRITE_FAULTS:
+            reason += f": {failed_on}"  # not a full disk: the other file is the problem
+        elif (other_disk := _folder_on_another_disk(failed_on, final_path.parent)) is not None:
+            reason += f" writing under {other_disk}"
+            space_of = other_disk
+    return ArtifactWriteError(final_path, f"could not write it ({reason}{_free_space(space_of)}); "
+                              "the previous version, if any, is intact")
+
+
+def _existing(folder: Path) -> Path:
+    """`folder` or the nearest folder above it that exists (a stage's folder before its first commit)."""
+    return next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+
+
+def _folder_on_another_disk(path: Path, folder: Path) -> Path | None:
+    """The nearest existing folder above `path`, if it lies on another filesystem than `folder`, else None."""
+    try:
+        holder = _existing(path.parent)
+        return holder if os.stat(holder).st_dev != os.stat(_existing(folder)).st_dev else None
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -52,11 +106,7 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
         os.replace(temp_path, final_path)
         _fsync_dir(final_path.parent)
     except OSError as exc:
-        code = errno.errorcode.get(exc.errno or 0, "")
-        other_file = f": {exc.filename}" if exc.filename and str(exc.filename) != str(temp_path) else ""
-        reason = f"{exc.strerror or exc}{f' [{code}]' if code else ''}{other_file}"
-        raise ArtifactWriteError(final_path, f"could not write it ({reason}{_free_space(final_path.parent)}); "
-                                 "the previous version, if any, is intact") from exc
+        raise write_error(final_path, exc, temp_path) from exc
     finally:
         if temp_path is not None and temp_path.is_file():
             temp_path.unlink()
@@ -65,7 +115,7 @@ def atomic_path(final_path: str | Path) -> Iterator[Path]:
 def _free_space(folder: Path) -> str:
     """", N MiB free there": tells a full disk from a quota or a file-size limit."""
     try:
-        return f", {shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+        return f", {shutil.disk_usage(_existing(folder)).free / 2**20:.1f} MiB free there"
     except OSError:
         return ""
 

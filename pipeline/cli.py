@@ -7,12 +7,15 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pipeline.config import load_config, profile_path
-from pipeline.errors import PipelineError
+from pipeline.errors import DataError, PipelineError
 
 log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,10 +60,8 @@ def configure_logging() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from benchmarks.report import distillation_verdict, model_labels, summary_rows
     from pipeline.distill.distributed import init_from_environment, shutdown
     from pipeline.stages import STAGES
-    from pipeline.stages.parity_stage import all_parity_results, failed_parity
     from pipeline.stages.runner import StageRunner
 
     overrides = parse_overrides(args.overrides)
@@ -81,25 +82,54 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"\nStages ({time.perf_counter() - started:.1f} s in all):")
     for outcome in outcomes:
         print(f"  {outcome.name:<10} {outcome.status:<7} {outcome.wall_time_s:8.1f} s")
-    run_dir = runner.run_dir
+    if "report" not in {outcome.name for outcome in outcomes}:
+        return 0  # `--until` stopped earlier: an older report's figures would describe another run
+    return print_summary(runner.run_dir)
+
+
+def print_summary(run_dir: Path) -> int:
+    """The accuracy/parity/latency table, the distillation verdict and where the report is; 1 if a parity gate failed.
+
+    The table and verdict are a courtesy: a stage file that cannot be read skips them with one warning. The parity
+    results decide the exit status, so unreadable ones are an error (one line, exit 2), never a traceback.
+    """
+    from benchmarks.latency import load_latency_document
+    from benchmarks.report import distillation_verdict, model_labels, summary_rows
+    from pipeline.stages.parity_stage import all_parity_results, failed_parity
+
     report = run_dir / "report" / "report.md"
     if not report.is_file():
         return 0
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    parity = all_parity_results(run_dir)
-    latency = json.loads((run_dir / "benchmark" / "latency.json").read_text())
-    print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
-    for row in summary_rows(metrics, parity, latency, model_labels(run_dir)):
-        print("| " + " | ".join(row) + " |")
-    first_set = parity.get("verification_set") or next(iter(metrics))
-    verdict = distillation_verdict(metrics[first_set])
-    if verdict:
-        print(f"\n{first_set}: {verdict}")
+    parity = _read_stage_file(all_parity_results, run_dir, run_dir / "parity")
+    try:
+        metrics = _read_stage_file(lambda path: json.loads(path.read_text()), run_dir / "evaluate" / "metrics.json")
+        latency = _read_stage_file(load_latency_document, run_dir / "benchmark" / "latency.json")
+    except PipelineError as exc:
+        log.warning("summary table skipped: %s", one_line(exc))
+    else:
+        print("\n| model [backend] | accuracy % | parity | p50 ms (batch 1, 1 thread) |\n|---|---|---|---|")
+        for row in summary_rows(metrics, parity, latency, model_labels(run_dir)):
+            print("| " + " | ".join(row) + " |")
+        first_set = parity.get("verification_set") or next(iter(metrics))
+        verdict = distillation_verdict(metrics[first_set])
+        if verdict:
+            print(f"\n{first_set}: {verdict}")
     print(f"\nReport: {report.resolve()}\n        {report.with_suffix('.html').resolve()}")
     failures = failed_parity(parity)
     for failure in failures:
         print(f"PARITY FAILED {failure['backend']}/{failure['precision']}: {failure['reason']}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _read_stage_file(reader: Callable[[Path], T], path: Path, names: Path | None = None) -> T:
+    """`reader(path)`, with a missing or unreadable file as one line naming it (`names`: what to name instead)."""
+    try:
+        return reader(path)
+    except OSError as exc:
+        raise DataError(exc.filename or names or path,
+                        f"cannot read it ({exc.strerror or exc}); rerun the stage that writes it") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(names or path, f"unreadable stage results ({exc.__class__.__name__}: {exc})") from exc
 
 
 def one_line(exc: BaseException) -> str:

@@ -322,7 +322,7 @@ def test_file_size_limit_fails_the_cli_naming_the_file_and_keeps_the_previous_re
     assert completed.returncode == 2, completed.stderr[-2000:]
     line = completed.stderr.strip().splitlines()[-1]
     # numpy's own writer reports the short write ("N requested and M written") rather than the errno
-    assert line.startswith(f"error: {runs / 'tiny' / '.data.staging' / 'train_images.npy'}: could not write it (")
+    assert line.startswith(f"error: {runs / 'tiny' / 'data' / 'train_images.npy'}: could not write it (")
     assert line.endswith("the previous version, if any, is intact")
     assert {p.name: sha256_file(p) for p in data_dir.iterdir()} == hashes_before
 

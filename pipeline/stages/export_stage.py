@@ -2,7 +2,10 @@
 
 One format failing to export is recorded (with its error) and does not stop the others (Ultralytics'
 benchmark lesson); the parity stage reports it. A format this machine cannot build (TensorRT without a CUDA
-device or TensorRT) is recorded as "skipped" with the reason, and nothing is run for it.
+device or TensorRT) is recorded as "skipped" with the reason, and nothing is run for it. A write the machine
+refuses (full disk, quota, file-size limit, read-only or failing disk) is no format's failure: it fails the stage,
+so the previous exports stay in place and nothing is cached, and the same command redoes the export once there
+is space.
 
 INT8 variants are kept only if they pass the INT8 parity gate (`parity.gates.int8`, both numeric and accuracy)
 on the verification pairs right after export: one that fails is deleted and recorded as "dropped" with its
@@ -22,11 +25,11 @@ import numpy as np
 from torch import nn
 
 from deploy.export.calibration import draw_calibration_images
-from deploy.formats import ExportRequest, parse_format_entry
+from deploy.formats import ExportFormat, ExportRequest, parse_format_entry
 from deploy.parity_run import parity_for_record, parity_subset
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.torch_runner import TorchRunner
-from pipeline.artifacts import path_size
+from pipeline.artifacts import ArtifactWriteError, path_size, write_error, write_fault
 from pipeline.config import ParityConfig, RunConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_training_set, load_verification_sets
@@ -58,15 +61,7 @@ def run_export_stage(context: StageContext) -> None:
                 log.info("export %s/%s: skipped: %s", export_format.name, precision, why_not)
                 continue
             request = ExportRequest(student, spec, context.out_dir, precision, config.export.opset, calibration, options)
-            started = time.perf_counter()
-            try:
-                record = {"format": export_format.name, "precision": precision, "status": "exported", **export_format.export(request)}
-            except Exception as exc:  # one broken converter must not hide the others' results
-                log.error("export %s/%s failed: %s", export_format.name, precision, exc)
-                record = {"format": export_format.name, "precision": precision, "status": "failed", "files": [],
-                          "error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
-            record["export_time_s"] = round(time.perf_counter() - started, 3)
-            record["bytes"] = sum(path_size(context.out_dir / name) for name in record["files"])
+            record = export_one(export_format, request)
             if precision == "int8" and record["status"] == "exported" and int8_gate is not None:
                 int8_gate.apply(record)
             records.append(record)
@@ -78,6 +73,36 @@ def run_export_stage(context: StageContext) -> None:
         "exports": [{k: r[k] for k in ("format", "precision", "status", "files")} for r in records],
     })
     context.summary["exports"] = {f"{r['format']}/{r['precision']}": r["status"] for r in records}
+
+
+def export_one(export_format: ExportFormat, request: ExportRequest) -> dict:
+    """Export one format x precision into `request.out_dir` and return its record.
+
+    A converter that fails gives a "failed" record, so one broken converter does not hide the others' results;
+    a write the machine refuses raises `ArtifactWriteError` naming the format's file, and fails the stage.
+    """
+    started = time.perf_counter()
+    try:
+        record = {"format": export_format.name, "precision": request.precision, "status": "exported",
+                  **export_format.export(request)}
+    except Exception as exc:
+        fault = write_fault(exc)
+        if fault is not None:
+            raise refused_write(exc, fault, request.out_dir / export_format.main_file(request.precision)) from exc
+        log.error("export %s/%s failed: %s", export_format.name, request.precision, exc)
+        record = {"format": export_format.name, "precision": request.precision, "status": "failed", "files": [],
+                  "error": f"{exc.__class__.__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+    record["export_time_s"] = round(time.perf_counter() - started, 3)
+    record["bytes"] = sum(path_size(request.out_dir / name) for name in record["files"])
+    return record
+
+
+def refused_write(exc: Exception, fault: OSError, destination: Path) -> ArtifactWriteError:
+    """The error to fail the stage with: an atomic write's own error when it names a file of this export, else one
+    naming the format's `destination` (and the scratch folder the write failed in, when that disk is another)."""
+    if isinstance(exc, ArtifactWriteError) and Path(exc.path).parent == destination.parent:
+        return exc
+    return write_error(destination, fault)
 
 
 class _Int8Gate:

@@ -2,11 +2,14 @@
 
 A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the
 pipeline version) matches its manifest and its outputs still hash as recorded; otherwise it reruns. A stage
-writes into a staging folder that replaces the old results only on success, so a failure never costs
-earlier results, and long stages keep resumable work (checkpoints) in runs/<run>/work/<stage>/. That work is
-tagged with the stage's fingerprint and discarded when the fingerprint changes or the stage is forced, so a
-checkpoint trained under another config is never resumed. A stop signal (see `pipeline.interrupts`) stops the
-run before the next stage. Each stage starts from the run's seed, so its numbers do not depend on what ran before.
+writes into a staging folder of its own process that replaces the old results only on success, so a failure
+(a full disk included) never costs earlier results and leaves nothing cached; a failed write is reported by the
+name the file would have had in the stage's folder. Long stages keep resumable work (checkpoints) in
+runs/<run>/work/<stage>/, tagged with the stage's fingerprint and discarded when the fingerprint changes or the
+stage is forced, so a checkpoint trained under another config is never resumed. One run at a time writes into a
+run folder (`pipeline.run_lock`): a second one is refused with the name of the first. A stop signal (see
+`pipeline.interrupts`) stops the run before the next stage. Each stage starts from the run's seed, so its numbers
+do not depend on what ran before.
 
 Under torchrun (`pipeline.distill.distributed`) rank 0 owns the run folder: it decides whether a stage is cached and
 tells the others; a `distributed` stage (training) runs on every rank, the others writing into a private staging
@@ -17,6 +20,7 @@ distributed stage of the run.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shutil
 import time
@@ -27,16 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.artifacts import sha256_file, sha256_json, write_json_atomic, write_text_atomic
+from pipeline.artifacts import (
+    ArtifactWriteError, sha256_file, sha256_json, write_error, write_fault, write_json_atomic, write_text_atomic,
+)
 from pipeline.config import RunConfig
 from pipeline.distill.distributed import Distributed, current
 from pipeline.errors import PipelineError
 from pipeline.inputs import check_input_paths
 from pipeline.interrupts import raise_if_stop_requested, stop_requested
+from pipeline.run_lock import RunLock, RunLockedError, pid_alive
 
 log = logging.getLogger("pipeline.stages")
 MANIFEST = "manifest.json"
 WORK_FINGERPRINT = ".fingerprint"
+STAGING_MARK = ".staging"  # .<stage>.staging.<pid>: one per process, so two processes never write into one
 
 
 @dataclass
@@ -139,6 +147,30 @@ class StageRunner:
         for name in (from_stage, until):
             if name is not None and name not in self.names:
                 raise PipelineError(f"unknown stage {name!r}; stages: {', '.join(self.names)}")
+        lock = self._lock()
+        try:
+            if lock is not None:
+                remove_leftover_staging(self.run_dir)
+            return self._run_locked(from_stage, until, force)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock(self) -> RunLock | None:
+        """Rank 0 (or a plain run) holds the run folder; under torchrun every rank learns whether it got it."""
+        lock = RunLock(self.run_dir) if self.ctx.is_main else None
+        refusal = None
+        if lock is not None:
+            try:
+                lock.acquire()
+            except RunLockedError as exc:
+                refusal = str(exc)
+        refusal = self.ctx.broadcast_from_main(refusal)
+        if refusal is not None:
+            raise RunLockedError(refusal)
+        return lock
+
+    def _run_locked(self, from_stage: str | None, until: str | None, force: bool) -> list[StageOutcome]:
         check_input_paths(self.config)
         first_forced = self.names.index(from_stage) if from_stage else None
         last = self.names.index(until) if until else len(self.names) - 1
@@ -181,7 +213,7 @@ class StageRunner:
         if shared and not self.ctx.is_main:
             return self._follow_stage(stage, fingerprint, work_dir)
 
-        staging = self.run_dir / f".{stage.name}.staging"
+        staging = staging_dir(self.run_dir, stage.name)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         context = StageContext(self.config, self.run_dir, staging, work_dir, fingerprint["inputs"])
@@ -193,25 +225,30 @@ class StageRunner:
         try:
             seed_global_rngs(self.config.seed)
             stage.run(context)
-        except BaseException:
+            wall = time.perf_counter() - started
+            manifest = {
+                "stage": stage.name,
+                "fingerprint": key,
+                **fingerprint,
+                "outputs": hash_outputs(staging),
+                "summary": context.summary,
+                "started_at": started_at,
+                "wall_time_s": round(wall, 3),
+                "versions": library_versions(),
+            }
+            write_json_atomic(staging / MANIFEST, manifest)
+            self._replace(staging, stage_dir)
+        except BaseException as exc:
+            shutil.rmtree(staging, ignore_errors=True)  # never committed; on a full disk this frees what it took
             if stop_requested():
                 log.warning("[%s] stopped on request after %.1f s; resumable work is kept in %s", stage.name, time.perf_counter() - started, work_dir)
             else:
-                log.error("[%s] failed after %.1f s; earlier stages' results are intact in %s", stage.name, time.perf_counter() - started, self.run_dir)
+                log.error("[%s] failed after %.1f s; its previous results and earlier stages' are intact in %s", stage.name,
+                          time.perf_counter() - started, self.run_dir)
+            named = naming_destination(exc, staging, stage_dir)
+            if named is not None:
+                raise named from exc
             raise
-        wall = time.perf_counter() - started
-        manifest = {
-            "stage": stage.name,
-            "fingerprint": key,
-            **fingerprint,
-            "outputs": hash_outputs(staging),
-            "summary": context.summary,
-            "started_at": started_at,
-            "wall_time_s": round(wall, 3),
-            "versions": library_versions(),
-        }
-        write_json_atomic(staging / MANIFEST, manifest)
-        self._replace(staging, stage_dir)
         log.info("[%s] wrote %s (%s) in %.1f s", stage.name, stage_dir, ", ".join(manifest["outputs"]), wall)
         if shared:
             self.ctx.barrier()  # the other ranks read these results in the next stage
@@ -263,8 +300,61 @@ class StageRunner:
         shutil.rmtree(retired, ignore_errors=True)
         if final.exists():
             final.rename(retired)
-        staging.rename(final)
+        try:
+            staging.rename(final)
+        except OSError:
+            if retired.is_dir() and not final.exists():
+                retired.rename(final)
+            raise
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def staging_dir(run_dir: Path, stage: str, pid: int | None = None) -> Path:
+    """Where this process builds a stage's new results before they replace the old ones."""
+    return run_dir / f".{stage}{STAGING_MARK}.{os.getpid() if pid is None else pid}"
+
+
+def remove_leftover_staging(run_dir: Path) -> None:
+    """Staging folders of runs that died (or of this process's failed stages): called with the run lock held.
+
+    A folder of a live process other than this one is left alone: its pid was reused, or a run on another host
+    shares the folder without a working lock, and either way it is not this run's to delete.
+    """
+    for path in sorted(run_dir.glob(f".*{STAGING_MARK}*")):
+        owner = path.name.rpartition(f"{STAGING_MARK}.")[2]
+        pid = int(owner) if owner.isdigit() else None  # no pid: a staging folder of an older version
+        if pid is not None and pid != os.getpid() and pid_alive(pid):
+            log.warning("%s: left in place, its process %d is alive", path, pid)
+            continue
+        log.info("%s: removing what an unfinished stage left behind", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def naming_destination(exc: BaseException, staging: Path, final: Path) -> ArtifactWriteError | None:
+    """A failed write as one line that names the file in the stage's folder, not in its staging folder.
+
+    `ArtifactWriteError`s (atomic writes) and bare OSErrors of the WRITE_FAULTS kind (a full disk under a library
+    that writes for itself); any other error is the stage's own and stays as raised (None).
+    """
+    if isinstance(exc, ArtifactWriteError):
+        destination = _inside(Path(exc.path), staging, final)
+        return ArtifactWriteError(destination, exc.problem) if destination is not None else None
+    fault = write_fault(exc)
+    if fault is None or not isinstance(exc, Exception) or isinstance(exc, PipelineError):
+        return None
+    failed_on = Path(fault.filename) if fault.filename else None
+    destination = _inside(failed_on, staging, final) if failed_on is not None else None
+    # a file outside the staging folder (a tool's scratch file) makes the stage's folder the destination; the
+    # message then adds the scratch file's folder if it lies on another disk, the one to free
+    return write_error(destination or final, fault, temp_path=failed_on if destination else None)
+
+
+def _inside(path: Path, staging: Path, final: Path) -> Path | None:
+    """`path` inside `staging`, spelled inside `final` (the name the reader knows); None for any other path."""
+    try:
+        return final / path.relative_to(staging)
+    except ValueError:
+        return None
 
 
 def seed_global_rngs(seed: int) -> None:
