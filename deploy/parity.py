@@ -83,7 +83,14 @@ def check_parity(
     gate: GateConfig,
     image_names: list[str] | None = None,
 ) -> ParityResult:
-    """Compare `candidate` embeddings with `reference` on the pairs' images and apply both gates."""
+    """Compare `candidate` embeddings with `reference` on the pairs' images and apply both gates.
+
+    A NaN or Inf in either side fails the row and names those images: no figure computed from it would mean anything.
+    """
+    for side, embeddings in (("the backend", candidate), ("the PyTorch reference", reference)):
+        rows = np.flatnonzero(~np.isfinite(np.asarray(embeddings).reshape(len(embeddings), -1)).all(axis=1))
+        if len(rows):
+            return non_finite_result(backend, precision, side, rows, len(embeddings), gate, image_names)
     cosines = per_image_cosine(reference, candidate)
     order = np.argsort(cosines)[:WORST_IMAGES_LISTED]
     worst = [{"image": image_names[i] if image_names else int(i), "cosine": float(cosines[i])} for i in order]
@@ -132,6 +139,24 @@ def check_parity(
         worst_images=worst,
         gate=gate.model_dump(),
         details={"accuracy_backend_retuned": retuned_accuracy.accuracy},
+    )
+
+
+NAMED_IMAGES = 10
+
+
+def non_finite_result(backend: str, precision: str, side: str, rows: np.ndarray, num_images: int, gate: GateConfig,
+                      image_names: list[str] | None = None) -> ParityResult:
+    """A failed row for embeddings holding NaN/Inf: names the images; its figures are NaN (not a number, and so no pass)."""
+    names = [image_names[i] if image_names else int(i) for i in rows]
+    listed = ", ".join(str(name) for name in names[:NAMED_IMAGES]) + (", ..." if len(names) > NAMED_IMAGES else "")
+    nan = float("nan")
+    return ParityResult(
+        backend=backend, precision=precision, status="fail",
+        reason=f"{side} gave non-finite embeddings (NaN/Inf) for {len(rows)} of {num_images} images: {listed}",
+        num_images=num_images, cosine_min=nan, cosine_mean=nan, max_abs_diff=nan, accuracy_delta_points=nan,
+        worst_images=[{"image": name, "cosine": None} for name in names[:WORST_IMAGES_LISTED]], gate=gate.model_dump(),
+        details={"non_finite_images": names, "non_finite_side": side},
     )
 
 

@@ -138,7 +138,11 @@ def parity_for_record(
     except Exception as error:  # a runner that cannot load or run the export is a result, not a crash
         log.error("parity %s/%s: %s", backend, precision, error)
         return ParityResult(backend, precision, "error", f"could not run the export: {type(error).__name__}: {error}")
-    result = check_parity(backend, precision, reference, candidate, subset, gate)
+    try:
+        result = check_parity(backend, precision, reference, candidate, subset, gate)
+    except Exception as error:  # e.g. embeddings of another shape: a row that says so, not a traceback
+        log.error("parity %s/%s: %s", backend, precision, error)
+        return ParityResult(backend, precision, "error", f"could not compare with PyTorch: {type(error).__name__}: {error}")
     result.bytes = record.get("bytes")
     if result.cosine_min is not None and result.cosine_min < gate.min_cosine and parity.localize:
         localise_failure(result, choice, export_dir, record, spec, subset, gate, model)

@@ -5,6 +5,7 @@ Unknown keys and wrong types are errors (pydantic, extra="forbid"), reported wit
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -398,20 +399,70 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     """Read and validate a YAML profile; `overrides` are dotted keys (e.g. {"teacher.checkpoint": "t.pt"}).
 
     A profile may start from another with `extends: <profile name or path>`: its mappings are merged key by key over
-    the base's (lists and values replace), so a variant states only what differs.
+    the base's (lists and values replace), so a variant states only what differs. Model and loss arguments are checked
+    against their builders here, so a typo stops the run before any stage. An error names where the value came from:
+    the profile file, or the `--set KEY=VALUE` that set it.
     """
     path = Path(path)
+    overrides = overrides or {}
     raw = _read_profile(path, seen=())
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in overrides.items():
         try:
             _set_dotted(raw, dotted, value)
         except TypeError as exc:
-            raise ConfigError(f"{path}: override {dotted}: {exc}") from None
+            raise ConfigError(f"{_override_text(dotted, value)}: {exc}") from None
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        problems = [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
+        raise ConfigError(_with_sources(problems, path, overrides)) from None
+    problem = builder_argument_problem(config)
+    if problem is not None:
+        raise ConfigError(_with_sources([problem], path, overrides))
+    return config
+
+
+def builder_argument_problem(config: RunConfig) -> tuple[str, str] | None:
+    """The first model or loss argument (or name) the config gives that its builder does not take: (dotted key, problem)."""
+    try:
+        from pipeline.distill.losses import loss_argument_problem
+        from pipeline.models.registry import model_argument_problem
+    except ImportError:  # a machine without torch reading a profile: building the model still checks
+        return None
+    models = [("teacher", config.teacher.model, config.teacher.model_args), ("student", config.student.model, config.student.model_args)]
+    models += [(f"pareto.students.{i}", student.model, student.model_args) for i, student in enumerate(config.pareto.students)]
+    for where, name, args in models:
+        problem = model_argument_problem(name, args)
+        if problem is not None:
+            return f"{where}.model" if problem[0] is None else f"{where}.model_args.{problem[0]}", problem[1]
+    variants = [("distill", config.distill.losses)]
+    variants += [(f"distill.ablation.variants.{name}", v.losses) for name, v in config.distill.ablation.variants.items()]
+    for where, losses in variants:
+        for i, loss in enumerate(losses):
+            problem = loss_argument_problem(loss.name, loss.args)
+            if problem is not None:
+                return f"{where}.losses.{i}.name" if problem[0] is None else f"{where}.losses.{i}.args.{problem[0]}", problem[1]
+    return None
+
+
+def _with_sources(problems: list[tuple[str, str]], path: Path, overrides: dict[str, Any]) -> str:
+    """Problems as `<source>: <key>: <problem>`, the source being the `--set` that set the key (or a section above or
+    below it), else the profile; problems of one source share it."""
+    by_source: dict[str, list[str]] = {}
+    for dotted, message in problems:
+        setting = next((k for k in overrides if dotted == k or dotted.startswith(f"{k}.")), None) or next(
+            (k for k in overrides if k.startswith(f"{dotted}.")), None)
+        if setting is None and ".model_args." in dotted:  # arguments the profile gave a model a --set replaced
+            setting = next((k for k in overrides if k == f"{dotted.split('.model_args.')[0]}.model"), None)
+        source = _override_text(setting, overrides[setting]) if setting is not None else str(path)
+        by_source.setdefault(source, []).append(f"{dotted}: {message}")
+    return "; ".join(f"{source}: {'; '.join(found)}" for source, found in by_source.items())
+
+
+def _override_text(dotted: str, value: Any) -> str:
+    """The command-line text an override came from, as the user would have typed it."""
+    shown = value if isinstance(value, str) else json.dumps(value)
+    return f"--set {dotted}={shown}"
 
 
 def _read_profile(path: Path, seen: tuple[Path, ...]) -> dict:

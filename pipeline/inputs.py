@@ -6,6 +6,7 @@ environment variable points there, since on a user's machine that folder is usua
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pipeline.config import RunConfig
@@ -18,24 +19,40 @@ _ROOTS = {"FACE_DATA_ROOT": ("shared/data", "the folder with lfw/"), "FACE_MODEL
 
 def configured_input_paths(config: RunConfig) -> list[tuple[str, str]]:
     """(what it is, path) of every input the config names: training sources, verification sets, the teacher checkpoint."""
+    return [(what, path) for what, path, _ in configured_inputs(config)]
+
+
+def configured_inputs(config: RunConfig) -> list[tuple[str, str, str]]:
+    """(what it is, path, "file" or "folder") of every input the config names."""
     data = config.data
-    paths = [("dataset folder", data.train_path)] if data.source != "synthetic" else []
-    paths += [("dataset folder", extra.path) for extra in data.extra_sources if extra.path]
+    sources = [(data.source, data.train_path)] if data.source != "synthetic" else []
+    sources += [(extra.kind, extra.path) for extra in data.extra_sources if extra.path]
+    inputs = [("RecordIO file", path, "file") if kind == "recordio" else ("dataset folder", path, "folder") for kind, path in sources]
     for entry in data.verification:
-        paths += [("verification set", entry.path), ("verification image folder", entry.image_root)]
-    paths += [("teacher checkpoint", config.teacher.checkpoint)]
-    return [(what, path) for what, path in paths if path]
+        inputs += [("verification set", entry.path, "file"), ("verification image folder", entry.image_root, "folder")]
+    inputs += [("teacher checkpoint", config.teacher.checkpoint, "file")]
+    return [(what, path, kind) for what, path, kind in inputs if path]
 
 
 def check_input_paths(config: RunConfig) -> None:
-    """Raise `DataError` naming the first configured input that does not exist (and the variable behind its root)."""
-    for what, path in configured_input_paths(config):
-        if Path(path).exists():
-            continue
-        for variable, root_of in PATH_PLACEHOLDERS.values():
-            root = root_of()
-            if Path(path).is_relative_to(root):
-                default, holds = _ROOTS[variable]
-                raise DataError(path, f"does not exist: {root} ({variable}, default {default} beside the repository) does not "
-                                      f"hold it; set {variable} to {holds}")
-        raise DataError(path, f"{what} does not exist")
+    """Raise `DataError` naming the first configured input that does not exist (and the variable behind its root), is
+    a folder where a file belongs or the other way round, or cannot be read; called before any stage hashes inputs."""
+    for what, path, kind in configured_inputs(config):
+        if not Path(path).exists():
+            raise missing_input(what, path)
+        if kind == "file" and not Path(path).is_file():
+            raise DataError(path, f"{what} is a folder, not a file")
+        if kind == "folder" and not Path(path).is_dir():
+            raise DataError(path, f"{what} is a file, not a folder")
+        if not os.access(path, os.R_OK | (os.X_OK if kind == "folder" else 0)):
+            raise DataError(path, f"{what} cannot be read (permission denied)")
+
+
+def missing_input(what: str, path: str) -> DataError:
+    for variable, root_of in PATH_PLACEHOLDERS.values():
+        root = root_of()
+        if Path(path).is_relative_to(root):
+            default, holds = _ROOTS[variable]
+            return DataError(path, f"does not exist: {root} ({variable}, default {default} beside the repository) does not "
+                                   f"hold it; set {variable} to {holds}")
+    return DataError(path, f"{what} does not exist")

@@ -357,7 +357,8 @@ def test_real_enospc_on_a_tiny_tmpfs_keeps_the_last_checkpoint(tmp_path: Path) -
     assert completed.returncode == 0, completed.stderr[-2000:]
     result = json.loads(completed.stdout.strip().splitlines()[-1])
     assert result["outcome"].startswith(f"{mount_point / 'ckpt' / 'state.safetensors'}: could not write it (No space left on device [ENOSPC], ")
-    assert result["step"] == 3 and result["same"] and result["files"] == ["state.json", "state.safetensors"]
+    # state.prev.safetensors: the step-3 checkpoint kept (a hard link) as the one before the failed save
+    assert result["step"] == 3 and result["same"] and result["files"] == ["state.json", "state.prev.safetensors", "state.safetensors"]
 
 
 # --- exported models that do not match their manifest ---------------------------------------------------------------

@@ -42,3 +42,56 @@ def test_dotted_overrides_apply():
     config = load_config(profile_path("tiny"), {"distill.optim.epochs": 5, "teacher.checkpoint": "/x.safetensors"})
     assert config.distill.optim.epochs == 5
     assert config.teacher.checkpoint == "/x.safetensors"
+
+
+# --- model and loss arguments, checked against their builders when the config loads ---------------------------------
+
+
+def test_a_model_argument_typo_from_set_is_one_line_naming_set_before_any_stage(tmp_path, capsys):
+    from pipeline.cli import main
+
+    status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--set", "teacher.model_args.dpeth=1"])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in error
+    assert error.startswith("error: --set teacher.model_args.dpeth=1: teacher.model_args.dpeth: model vit_face_tiny takes no "
+                            "argument 'dpeth' (did you mean 'depth'?); it takes: act_layer, allow_partial_patches, depth, ")
+    assert not (tmp_path / "tiny").exists()  # no stage ran, not even data
+
+
+def test_a_model_argument_typo_in_a_profile_names_the_profile(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("student:\n  model_args: {widht: 0.5}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (f"{path}: student.model_args.widht: model mobilefacenet takes no argument 'widht' (did you "
+                                "mean 'width'?); it takes: embedding_dim, input_size, width")
+
+
+def test_unknown_loss_arguments_and_model_names_are_config_errors():
+    with pytest.raises(ConfigError, match=r"^--set distill.losses=.*: distill.losses.0.args.gird: loss urfm takes no argument "
+                                          r"'gird' \(did you mean 'grid'\?\); it takes: attn_dim, "):
+        load_config(profile_path("tiny"), {"distill.losses": [{"name": "urfm", "args": {"gird": 5}}]})
+    with pytest.raises(ConfigError, match=r"^--set teacher.model=vit_huge: teacher.model: unknown model 'vit_huge'; registered: "):
+        load_config(profile_path("tiny"), {"teacher.model": "vit_huge"})
+
+
+def test_a_set_error_names_the_set_not_the_profile():
+    with pytest.raises(ConfigError) as error:
+        load_config(profile_path("tiny"), {"distill.optim.batch_size": "many"})
+    assert str(error.value).startswith("--set distill.optim.batch_size=many: distill.optim.batch_size: ")
+    assert "tiny.yaml" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"^--set distill.optim.epochs.x=3: epochs holds 2, not a section$"):
+        load_config(profile_path("tiny"), {"distill.optim.epochs.x": 3})
+
+
+# --- input files, checked before any stage hashes them -------------------------------------------------------------
+
+
+def test_a_missing_or_folder_teacher_checkpoint_is_one_line_before_any_stage(tmp_path, capsys):
+    from pipeline.cli import main
+
+    for given, problem in ((tmp_path / "absent.pt", "teacher checkpoint does not exist"),
+                           (tmp_path, "teacher checkpoint is a folder, not a file")):
+        status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path / "runs"), "--teacher-checkpoint", str(given)])
+        assert status == 2 and capsys.readouterr().err.strip() == f"error: {given}: {problem}"
+        assert not (tmp_path / "runs" / "tiny" / "data").exists()  # no stage ran

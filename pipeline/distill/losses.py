@@ -44,6 +44,7 @@ class DistillLoss(nn.Module):
     requires: frozenset[str] = frozenset()
     student_taps: tuple[str, ...] = ()
     teacher_taps: tuple[str, ...] = ()
+    context_args: tuple[str, ...] = ()  # constructor arguments `from_context` fills from the networks, not from config
 
     @classmethod
     def from_context(cls, context: LossContext, **args: Any) -> DistillLoss:
@@ -103,6 +104,32 @@ def create_loss(name: str, context: LossContext | None = None, **kwargs) -> Dist
         raise ConfigError(f"distillation loss {name!r}: {exc}") from None
 
 
+def loss_arguments(name: str) -> list[str] | None:
+    """The `args` a profile may give loss `name`, or None when that cannot be told (a **kwargs going on to one)."""
+    from pipeline.models.registry import keyword_names
+
+    _import_builtin_losses()
+    loss = _LOSSES[name]
+    names, takes_more = keyword_names(loss.from_context)
+    names.discard("context")
+    if takes_more:
+        built, open_ended = keyword_names(loss)
+        if open_ended:
+            return None
+        names |= built - set(loss.context_args)
+    return sorted(names)
+
+
+def loss_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None, str] | None:
+    """(the offending argument, or None for the name itself; a one-line problem) for a loss and its `args`."""
+    from pipeline.models.registry import unknown_argument
+
+    _import_builtin_losses()
+    if name not in _LOSSES:
+        return None, f"unknown distillation loss {name!r}; registered: {', '.join(sorted(_LOSSES))}"
+    return unknown_argument(f"loss {name}", args, loss_arguments(name))
+
+
 def _import_builtin_losses() -> None:
     # Imported for their @register_loss side effect.
     from pipeline.distill import urfm  # noqa: F401
@@ -147,6 +174,7 @@ class LogitKD(DistillLoss):
     """
 
     requires = frozenset({TEACHER_EMBEDDING, STUDENT_LOGITS})
+    context_args = ("teacher_head",)
 
     def __init__(self, teacher_head: CombinedMarginHead, temperature: float = 4.0):
         super().__init__()
@@ -182,6 +210,7 @@ class FitNetKD(DistillLoss):
     """
 
     requires = frozenset({TEACHER_TOKENS, STUDENT_FEATURES})
+    context_args = ("student_shape", "teacher_shape")
 
     def __init__(self, student_tap: str, teacher_tap: str, student_shape: tuple[int, int, int], teacher_shape: tuple[int, int, int]):
         super().__init__()

@@ -1,7 +1,8 @@
 """One training loop for teacher and students: margin loss plus any pluggable distillation terms.
 
 Checkpoints every N steps and at each epoch end; a rerun resumes from the last one and, because batches
-derive from (seed, epoch) and RNG state is saved, reaches the same weights as an uninterrupted run.
+derive from (seed, epoch) and RNG state is saved, reaches the same weights as an uninterrupted run. A checkpoint
+whose tensors no longer match their recorded sha256 is discarded and the one before it resumed (`checkpoint.py`).
 
 The teacher is cached signals (`TeacherSignals`: embeddings and patch tokens of every image and its mirror,
 computed once), a frozen teacher run on each (augmented) batch (`FrozenTeacher`), or a live module trained alongside
@@ -37,7 +38,7 @@ from deploy.preprocess import PreprocessSpec
 from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
-from pipeline.distill.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.distill.checkpoint import resume_checkpoint, save_checkpoint
 from pipeline.distill.distributed import Distributed, current, sync_batchnorms, unsync_batchnorms
 from pipeline.distill.losses import STUDENT_FEATURES, STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
 from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
@@ -154,7 +155,7 @@ def train_recognition_model(
     curve: list[dict] = []
     trained_s = 0.0  # training time so far, resumed runs included, evaluations excluded
     ctx.barrier()  # rank 0 may still be writing the checkpoint every rank resumes from
-    saved = load_checkpoint(checkpoint_dir)
+    saved = resume_checkpoint(checkpoint_dir, discard_bad=ctx.is_main)  # a damaged one falls back to the one before
     if saved is not None:
         trainable.load_state_dict(saved["trainable"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -136,6 +136,7 @@ class URFMLoss(DistillLoss):
     """
 
     requires = frozenset({TEACHER_TOKENS, STUDENT_FEATURES})
+    context_args = ("student_shape", "teacher_shape")
 
     def __init__(
         self,

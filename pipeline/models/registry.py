@@ -1,8 +1,16 @@
-"""Create models by name (timm's idea): configs name a model, registered builders make it."""
+"""Create models by name (timm's idea): configs name a model, registered builders make it.
+
+A builder's keyword arguments are what a profile's `model_args` may hold; they are checked when the config loads
+(`model_argument_problem`), so a typo stops the run before any stage instead of failing a builder after hours of
+earlier stages. A builder that passes `**kwargs` on declares where they go (`kwargs_to`) and which of that
+destination's arguments it sets itself (`sets`), so its arguments can still be told.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import inspect
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from torch import nn
@@ -10,31 +18,77 @@ from torch import nn
 from pipeline.errors import ConfigError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_FORWARDS: dict[str, tuple[Callable[..., Any], frozenset[str]]] = {}  # name -> (where **kwargs go, what the builder sets there)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that makes a builder reachable from config by `name`."""
+def register_model(name: str, kwargs_to: Callable[..., Any] | None = None,
+                   sets: Iterable[str] = ()) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that makes a builder reachable from config by `name`; `kwargs_to` and `sets`: see the module docstring."""
 
     def decorate(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _BUILDERS:
             raise ValueError(f"model {name!r} registered twice")
         _BUILDERS[name] = builder
+        if kwargs_to is not None:
+            _FORWARDS[name] = (kwargs_to, frozenset(sets))
         return builder
 
     return decorate
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; unknown names list the ones that exist."""
-    _import_builtin_models()
-    if name not in _BUILDERS:
-        raise ConfigError(f"unknown model {name!r}; registered: {', '.join(sorted(_BUILDERS))}")
+    """Build a registered model; unknown names list the ones that exist, unknown arguments the ones it takes."""
+    problem = model_argument_problem(name, kwargs)
+    if problem is not None:
+        raise ConfigError(problem[1])
     return _BUILDERS[name](**kwargs)
 
 
 def list_models() -> list[str]:
     _import_builtin_models()
     return sorted(_BUILDERS)
+
+
+def keyword_names(function: Callable[..., Any]) -> tuple[set[str], bool]:
+    """The names `function` takes by keyword, and whether it also takes any other (a **kwargs)."""
+    parameters = inspect.signature(function).parameters.values()
+    names = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names, any(p.kind == p.VAR_KEYWORD for p in parameters)
+
+
+def model_arguments(name: str) -> list[str] | None:
+    """The keyword arguments model `name` takes, or None when that cannot be told (a **kwargs going nowhere declared)."""
+    _import_builtin_models()
+    names, takes_more = keyword_names(_BUILDERS[name])
+    if takes_more:
+        if name not in _FORWARDS:
+            return None
+        destination, set_by_builder = _FORWARDS[name]
+        forwarded, open_ended = keyword_names(destination)
+        if open_ended:
+            return None
+        names |= forwarded - set_by_builder
+    return sorted(names)
+
+
+def model_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None, str] | None:
+    """(the offending argument, or None for the name itself; a one-line problem) for a model and its arguments."""
+    _import_builtin_models()
+    if name not in _BUILDERS:
+        return None, f"unknown model {name!r}; registered: {', '.join(sorted(_BUILDERS))}"
+    return unknown_argument(f"model {name}", args, model_arguments(name))
+
+
+def unknown_argument(owner: str, given: Iterable[str], allowed: list[str] | None) -> tuple[str, str] | None:
+    """The first name in `given` that is not in `allowed` (None: anything goes), with the closest allowed name."""
+    if allowed is None:
+        return None
+    for key in given:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return key, f"{owner} takes no argument {key!r}{hint}; it takes: {', '.join(allowed) or 'none'}"
+    return None
 
 
 def _import_builtin_models() -> None:

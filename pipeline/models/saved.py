@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,18 @@ from torch import nn
 
 from pipeline.artifacts import write_json_atomic, write_safetensors_atomic
 from pipeline.distill.checkpoint import load_module_weights
-from pipeline.errors import DataError
+from pipeline.errors import DataError, PipelineError
 from pipeline.models.registry import create_model
+
+
+class NonFiniteWeightsError(PipelineError):
+    """A model whose weights hold NaN or Inf: never written as a stage's result, so it is never exported."""
+
+
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors in `state` that hold a NaN or an Inf."""
+    return [name for name, tensor in state.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
 def save_weights(path: Path, module: nn.Module) -> None:
@@ -21,7 +32,11 @@ def save_weights(path: Path, module: nn.Module) -> None:
 
 
 def save_model(folder: Path, stem: str, model: nn.Module, name: str, args: dict[str, Any]) -> None:
-    """Write <stem>.safetensors and <stem>.json (how to rebuild it)."""
+    """Write <stem>.safetensors and <stem>.json (how to rebuild it); a model with non-finite weights is refused."""
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise NonFiniteWeightsError(f"{stem} ({name}): {len(bad)} weight tensors hold NaN or Inf (e.g. {', '.join(bad[:3])}); "
+                                    "refusing to save it as the stage's result")
     save_weights(folder / f"{stem}.safetensors", model)
     write_json_atomic(folder / f"{stem}.json", {"model": name, "model_args": args})
 
@@ -45,10 +60,11 @@ def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
         raise DataError(path, "checkpoint file not found")
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = load_file(str(path))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad or unsafe file
-        raise DataError(path, f"cannot load checkpoint safely ({exc.__class__.__name__}: {str(exc).splitlines()[0][:200]})") from exc
+        raise DataError(path, f"cannot load checkpoint safely ({exc.__class__.__name__}: {torch_load_refusal(exc)})") from exc
     for key in ("state_dict", "model", "trainable", "state_dict_backbone"):  # the last: arcface_torch checkpoint_gpu_*.pt
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -56,7 +72,27 @@ def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
         loaded = dequantize_packed_linears(loaded, path)
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
         raise DataError(path, "checkpoint is not a mapping of parameter names to tensors")
+    bad = non_finite_tensors(loaded)
+    if bad:
+        raise DataError(path, f"{len(bad)} weight tensors hold NaN or Inf (e.g. {', '.join(bad[:3])})")
     return loaded
+
+
+def torch_load_refusal(exc: BaseException) -> str:
+    """torch.load's error as one line that keeps what matters: why it refused (the blocked global or opcode, its first
+    sentence) and torch's warning that weights_only=False would run the file's code; history notes, allow-listing
+    advice and links are left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    warning = re.search(r"Re-running `torch\.load` with `weights_only` set to `False`.*?trusted source\.", text, re.DOTALL)
+    if not text.startswith("Weights only load failed") or warning is None:
+        return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if "WeightsUnpickler error:" in text:
+        cause = text.split("WeightsUnpickler error:", 1)[1]
+    else:
+        cause = re.sub(r"In PyTorch 2\.6.*?trusted source\.", "", text.removeprefix("Weights only load failed."), flags=re.DOTALL)
+    cause = " ".join(cause.split("Check the documentation")[0].split())
+    cause = cause.split(". ")[0].rstrip(".")
+    return " ".join(["Weights only load failed:", *([f"{cause}."] if cause else []), " ".join(warning.group(0).split())])
 
 
 _PACKED = "._packed_params._packed_params"

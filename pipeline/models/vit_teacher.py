@@ -105,16 +105,20 @@ class FaceViT(nn.Module):
         return self.head_from_tokens(self.vit.blocks(tokens))
 
 
-@register_model("vit_face_tiny")
+@register_model("vit_face_tiny", kwargs_to=FaceViT, sets=("width", "num_heads"))
 def vit_face_tiny(embedding_dim: int = 512, input_size: int = 112, patch_size: int = 16, depth: int = 6, **kwargs) -> FaceViT:
     """ViT-Tiny width (192, 3 heads); 6 blocks by default so it trains on 2 CPU cores."""
     return FaceViT(embedding_dim, input_size, patch_size, width=192, depth=depth, num_heads=3, **kwargs)
 
 
-@register_model("vit_face_small")
+@register_model("vit_face_small", kwargs_to=FaceViT, sets=("width", "num_heads"))
 def vit_face_small(embedding_dim: int = 512, input_size: int = 112, patch_size: int = 16, depth: int = 12, **kwargs) -> FaceViT:
     """ViT-Small width (384, 6 heads), for GPU profiles."""
     return FaceViT(embedding_dim, input_size, patch_size, width=384, depth=depth, num_heads=6, **kwargs)
+
+
+_INSIGHTFACE_SETS = ("input_size", "patch_size", "width", "depth", "num_heads", "head_type", "act_layer", "qkv_bias", "norm_eps",
+                     "head_bn_eps", "allow_partial_patches")  # what `_insightface_vit` fixes
 
 
 def _insightface_vit(width: int, depth: int, embedding_dim: int, **kwargs) -> FaceViT:
@@ -126,19 +130,19 @@ def _insightface_vit(width: int, depth: int, embedding_dim: int, **kwargs) -> Fa
     )
 
 
-@register_model("insightface_vit_t")
+@register_model("insightface_vit_t", kwargs_to=FaceViT, sets=_INSIGHTFACE_SETS)
 def insightface_vit_t(embedding_dim: int = 512, **kwargs) -> FaceViT:
     """arcface_torch `vit_t` (and `vit_t_dp005_mask0`): width 256, 12 blocks."""
     return _insightface_vit(256, 12, embedding_dim, **kwargs)
 
 
-@register_model("insightface_vit_s")
+@register_model("insightface_vit_s", kwargs_to=FaceViT, sets=_INSIGHTFACE_SETS)
 def insightface_vit_s(embedding_dim: int = 512, **kwargs) -> FaceViT:
     """arcface_torch `vit_s` (and `vit_s_dp005_mask_0`): width 512, 12 blocks."""
     return _insightface_vit(512, 12, embedding_dim, **kwargs)
 
 
-@register_model("insightface_vit_b")
+@register_model("insightface_vit_b", kwargs_to=FaceViT, sets=_INSIGHTFACE_SETS)
 def insightface_vit_b(embedding_dim: int = 512, **kwargs) -> FaceViT:
     """arcface_torch `vit_b` (and `vit_b_dp005_mask_005`): width 512, 24 blocks."""
     return _insightface_vit(512, 24, embedding_dim, **kwargs)

@@ -141,6 +141,23 @@ def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list
     return sets
 
 
+def data_input_listings(config: RunConfig) -> list[str]:
+    """The data stage's external inputs: one listing file per data source (`pipeline.data.source_listing`), which the
+    runner hashes, so added, removed or replaced data reruns this stage and every stage after it; says what changed."""
+    from pipeline.data.real_data import expected_real_data_root
+    from pipeline.data.source_listing import data_source_paths, record_listing
+
+    listings = []
+    for source in data_source_paths(config.data):
+        listing, change = record_listing(source)
+        if change:
+            root = expected_real_data_root()
+            shown = source.relative_to(root) if source.is_relative_to(root) else source
+            log.info("data: inputs changed: %s (%s)", shown, change)
+        listings.append(str(listing))
+    return listings
+
+
 def run_data_stage(context: StageContext) -> None:
     train_set, verification, per_source = load_sources(context.config)
     save_training_set(context.out_dir, train_set)
