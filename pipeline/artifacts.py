@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,44 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
             while chunk := stream.read(chunk_size):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+# A file changed this recently could change again within one timestamp tick: its hash is not remembered.
+RACY_NS = 2_000_000_000
+
+
+class HashMemo:
+    """sha256 of files keyed by (size, mtime_ns, ctime_ns, inode), so that a large input unchanged since the last run
+    is not read again. Writing a file, renaming another over it or setting its times all move its ctime, which no user
+    can set back, so an unchanged key means unchanged bytes."""
+
+    def __init__(self, known: Any = None) -> None:
+        self.known: dict[str, list] = {name: entry for name, entry in (known.items() if isinstance(known, dict) else ())
+                                       if _memo_entry(entry)}  # anything else in a stored memo is ignored, not trusted
+        self.asked: set[str] = set()
+
+    def current(self) -> dict[str, list]:
+        """What is remembered of the files asked about so far (files not asked about are forgotten)."""
+        return {name: entry for name, entry in self.known.items() if name in self.asked}
+
+    def sha256(self, path: Path) -> str:
+        self.asked.add(str(path))
+        info = path.stat()
+        key = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        remembered = self.known.get(str(path))
+        if remembered is not None and remembered[:4] == key:
+            return remembered[4]
+        digest = sha256_file(path)
+        if time.time_ns() - info.st_ctime_ns > RACY_NS:
+            self.known[str(path)] = [*key, digest]
+        else:
+            self.known.pop(str(path), None)
+        return digest
+
+
+def _memo_entry(entry: Any) -> bool:
+    return (isinstance(entry, list) and len(entry) == 5 and all(isinstance(n, int) and not isinstance(n, bool) for n in entry[:4])
+            and isinstance(entry[4], str))
 
 
 def path_size(path: str | Path) -> int:

@@ -4,7 +4,7 @@ benchmark -> pareto -> report."""
 from __future__ import annotations
 
 from pipeline.stages.benchmark_stage import run_benchmark_stage
-from pipeline.stages.data_stage import data_input_listings, run_data_stage
+from pipeline.stages.data_stage import data_input_digests, run_data_stage
 from pipeline.stages.evaluate_stage import run_evaluate_stage
 from pipeline.stages.export_stage import run_export_stage
 from pipeline.stages.native_parity_stage import run_native_parity_stage
@@ -16,7 +16,8 @@ from pipeline.stages.student_stages import run_baseline_stage, run_distill_stage
 from pipeline.stages.teacher_stage import run_teacher_stage, teacher_external_files
 
 STAGES: list[Stage] = [
-    Stage("data", run_data_stage, (), ("seed", "data"), data_input_listings, description="prepare training and verification faces"),
+    Stage("data", run_data_stage, (), ("seed", "data"), description="prepare training and verification faces",
+          input_digests=data_input_digests),
     Stage("teacher", run_teacher_stage, ("data",), ("seed", "teacher"), teacher_external_files, "train the ViT teacher, or load a pretrained one",
           distributed=True),
     Stage("baseline", run_baseline_stage, ("data",), ("seed", "student", "distill"), description="train the student without distillation",

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.artifacts import sha256_json
 from pipeline.config import DataConfig, ExtraSourceConfig, RunConfig
 from pipeline.data.arrays import FaceArrays, VerificationPairs
 from pipeline.data.store import save_training_set, save_verification_set
 from pipeline.errors import ConfigError
 from pipeline.inputs import check_input_paths
-from pipeline.stages.runner import StageContext
+from pipeline.stages.runner import InputDigest, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -141,21 +143,20 @@ def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list
     return sets
 
 
-def data_input_listings(config: RunConfig) -> list[str]:
-    """The data stage's external inputs: one listing file per data source (`pipeline.data.source_listing`), which the
-    runner hashes, so added, removed or replaced data reruns this stage and every stage after it; says what changed."""
+def data_input_digests(config: RunConfig, hash_file: Callable[[Path], str]) -> dict[str, InputDigest]:
+    """The data stage's named inputs (`Stage.input_digests`): per data source, a digest of its listing
+    (`pipeline.data.source_listing`) and its file count, so added, removed or replaced data reruns this stage and every
+    stage after it, and the runner's log names the source. Sources under the data root are named relative to it."""
     from pipeline.data.real_data import expected_real_data_root
-    from pipeline.data.source_listing import data_source_paths, record_listing
+    from pipeline.data.source_listing import data_source_paths, list_source
 
-    listings = []
+    root = expected_real_data_root()
+    digests: dict[str, InputDigest] = {}
     for source in data_source_paths(config.data):
-        listing, change = record_listing(source)
-        if change:
-            root = expected_real_data_root()
-            shown = source.relative_to(root) if source.is_relative_to(root) else source
-            log.info("data: inputs changed: %s (%s)", shown, change)
-        listings.append(str(listing))
-    return listings
+        listing = list_source(source, hash_file)
+        name = str(source.relative_to(root)) if source.is_relative_to(root) else str(source)
+        digests[name if name not in digests else str(source)] = InputDigest(sha256_json(listing), len(listing) if source.is_dir() else None)
+    return digests
 
 
 def run_data_stage(context: StageContext) -> None:

@@ -1,7 +1,8 @@
 """The stage runner: each stage maps declared inputs to outputs under runs/<run>/<stage>/ with a manifest.
 
-A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the
-pipeline version) matches its manifest and its outputs still hash as recorded; otherwise it reruns. A stage
+A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the digests of
+what it reads from outside the run folder, the pipeline version) matches its manifest and its outputs still hash as
+recorded; otherwise it reruns, and the log names each outside input that changed (`Stage.input_digests`). A stage
 writes into a staging folder of its own process that replaces the old results only on success, so a failure
 (a full disk included) never costs earlier results and leaves nothing cached; a failed write is reported by the
 name the file would have had in the stage's folder. Long stages keep resumable work (checkpoints) in
@@ -32,7 +33,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.artifacts import (
-    ArtifactWriteError, sha256_file, sha256_json, write_error, write_fault, write_json_atomic, write_text_atomic,
+    ArtifactWriteError, HashMemo, sha256_file, sha256_json, write_error, write_fault, write_json_atomic, write_text_atomic,
 )
 from pipeline.config import RunConfig
 from pipeline.distill.distributed import Distributed, current
@@ -45,6 +46,7 @@ log = logging.getLogger("pipeline.stages")
 MANIFEST = "manifest.json"
 WORK_FINGERPRINT = ".fingerprint"
 STAGING_MARK = ".staging"  # .<stage>.staging.<pid>: one per process, so two processes never write into one
+INPUT_HASHES = ".input_hashes.json"  # `HashMemo` of the files that `input_digests` hashed, kept for the next run
 
 
 @dataclass
@@ -63,14 +65,28 @@ class StageContext:
 
 
 @dataclass(frozen=True)
+class InputDigest:
+    """One named input a stage reads from outside the run folder (a data source): a digest of what the stage reads
+    from it, and how many files it holds (None for a single file), recorded so that a change can be told in numbers."""
+
+    digest: str
+    files: int | None = None
+
+
+# (config, a sha256 of a file that reuses the hash of a file unchanged since the last run) -> {input name: digest}
+InputDigests = Callable[[RunConfig, Callable[[Path], str]], dict[str, InputDigest]]
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     run: Callable[[StageContext], None]
     inputs: tuple[str, ...] = ()
     config_sections: tuple[str, ...] = ()
-    external_files: Callable[[RunConfig], list[str]] = lambda config: []
+    external_files: Callable[[RunConfig], list[str]] = lambda config: []  # hashed whole on every run (a checkpoint)
     description: str = ""
     distributed: bool = False  # runs on every torchrun rank (training); otherwise on rank 0 only
+    input_digests: InputDigests | None = None  # named inputs too large to hash whole on every run (data folders)
 
 
 @dataclass
@@ -109,6 +125,33 @@ def hash_outputs(folder: Path) -> dict[str, str]:
     return outputs
 
 
+def input_changes(manifest: dict[str, Any], digests: dict[str, InputDigest]) -> list[str]:
+    """Each named input whose digest differs from the one `manifest` recorded, as "name (what changed)"; nothing for a
+    manifest that recorded no digests (written before its stage had any)."""
+    if "input_digests" not in manifest:
+        return []
+    before: dict[str, str] = manifest["input_digests"]
+    counts_before: dict[str, int] = manifest.get("input_file_counts", {})
+    changes = []
+    for name, now in digests.items():
+        if name not in before:
+            changes.append(f"{name} (new input)")
+        elif before[name] != now.digest:
+            was = counts_before.get(name)
+            if now.files is None:
+                changes.append(f"{name} (contents changed)")
+            elif was is not None and was != now.files:
+                changes.append(f"{name} ({_files(now.files)}, was {was})")
+            else:
+                changes.append(f"{name} ({_files(now.files)} as before, some changed)")
+    changes += [f"{name} (no longer read)" for name in before if name not in digests]
+    return changes
+
+
+def _files(count: int) -> str:
+    return f"{count} file{'' if count == 1 else 's'}"
+
+
 def outputs_intact(stage_dir: Path, manifest: dict[str, Any]) -> bool:
     for name, digest in manifest.get("outputs", {}).items():
         path = stage_dir / name
@@ -127,8 +170,14 @@ class StageRunner:
         self.run_dir = runs_root / config.run_name
         self.names = [stage.name for stage in stages]
         self.ctx = distributed or current()
+        self._hash_memo: HashMemo | None = None
+        self._hash_memo_saved: dict[str, list] = {}
 
     def fingerprint(self, stage: Stage) -> dict[str, Any]:
+        """What decides whether `stage` reruns; its sha256 is the key its manifest records."""
+        return self._fingerprint(stage)[0]
+
+    def _fingerprint(self, stage: Stage) -> tuple[dict[str, Any], dict[str, InputDigest]]:
         upstream = {}
         for name in stage.inputs:
             manifest = read_manifest(self.run_dir / name)
@@ -136,12 +185,48 @@ class StageRunner:
                 raise PipelineError(f"stage {stage.name!r} needs {name!r}, which has no results in {self.run_dir / name}")
             upstream[name] = manifest["outputs"]
         external = {path: sha256_file(path) for path in stage.external_files(self.config)}
-        return {
+        fingerprint = {
             "config": config_subset(self.config, stage.config_sections),
             "inputs": upstream,
             "external_files": external,
             "pipeline_version": __version__,
         }
+        digests = self._input_digests(stage)
+        if digests:  # absent otherwise, so that a stage without named inputs keeps the key it had before they existed
+            fingerprint["input_digests"] = {name: digest.digest for name, digest in digests.items()}
+        return fingerprint, digests
+
+    def _input_digests(self, stage: Stage) -> dict[str, InputDigest]:
+        if stage.input_digests is None:
+            return {}
+        memo = self._memo()
+        digests = stage.input_digests(self.config, memo.sha256)
+        self._save_memo(memo)
+        return digests
+
+    def _memo(self) -> HashMemo:
+        """The hashes remembered from the last run, kept in the run folder (not a cache of the user's) beside the
+        manifests they feed; an unreadable memo only costs reading the files again."""
+        if self._hash_memo is None:
+            import json
+
+            try:
+                stored = json.loads((self.run_dir / INPUT_HASHES).read_text())
+            except (OSError, ValueError):
+                stored = {}
+            self._hash_memo = HashMemo(stored)
+            self._hash_memo_saved = dict(self._hash_memo.known)
+        return self._hash_memo
+
+    def _save_memo(self, memo: HashMemo) -> None:
+        remembered = memo.current()
+        if remembered == self._hash_memo_saved:
+            return
+        try:
+            write_json_atomic(self.run_dir / INPUT_HASHES, remembered)
+            self._hash_memo_saved = remembered
+        except ArtifactWriteError as exc:  # only time is lost: the next run hashes the files again
+            log.warning("%s", exc)
 
     def run(self, from_stage: str | None = None, until: str | None = None, force: bool = False) -> list[StageOutcome]:
         for name in (from_stage, until):
@@ -195,18 +280,22 @@ class StageRunner:
         decision = None
         if not shared or self.ctx.is_main:
             self._recover_interrupted_swap(stage_dir)
-            fingerprint = self.fingerprint(stage)
+            fingerprint, digests = self._fingerprint(stage)
             key = sha256_json(fingerprint)
             manifest = read_manifest(stage_dir)
+            if manifest is not None and manifest.get("fingerprint") != key:
+                for change in input_changes(manifest, digests):
+                    log.info("[%s] inputs changed: %s", stage.name, change)
             cached = not forced and manifest is not None and manifest.get("fingerprint") == key and outputs_intact(stage_dir, manifest)
             work_dir = None if cached else self._prepare_work_dir(stage.name, key, forced)
-            decision = (cached, fingerprint, key, work_dir)
+            file_counts = {name: digest.files for name, digest in digests.items() if digest.files is not None}
+            decision = (cached, fingerprint, key, work_dir, file_counts)
         if shared:
-            cached, fingerprint, key, work_dir = self.ctx.broadcast_from_main(decision)
+            cached, fingerprint, key, work_dir, file_counts = self.ctx.broadcast_from_main(decision)
             if cached and not self.ctx.is_main:
                 manifest = read_manifest(stage_dir)  # rank 0 read it when it decided
         else:
-            cached, fingerprint, key, work_dir = decision
+            cached, fingerprint, key, work_dir, file_counts = decision
         if cached:
             log.info("[%s] cached: inputs and config unchanged (%s)", stage.name, stage_dir)
             return StageOutcome(stage.name, "cached", 0.0, manifest)
@@ -230,6 +319,7 @@ class StageRunner:
                 "stage": stage.name,
                 "fingerprint": key,
                 **fingerprint,
+                **({"input_file_counts": file_counts} if file_counts else {}),
                 "outputs": hash_outputs(staging),
                 "summary": context.summary,
                 "started_at": started_at,
