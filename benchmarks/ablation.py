@@ -33,7 +33,8 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation.verification import evaluate_verification, far_key
 from pipeline.models.saved import load_model
 from pipeline.stages.common import run_preprocess_spec
-from pipeline.stages.runner import StageRunner, read_manifest
+from pipeline.stages.fingerprint import read_manifest
+from pipeline.stages.runner import StageRunner
 from pipeline.stages.student_stages import StudentJob, train_student
 
 log = logging.getLogger("benchmarks.ablation")

@@ -24,7 +24,8 @@ from pipeline.data.binset import write_bin
 from pipeline.data.image_decode import encode_face
 from pipeline.stages import STAGES
 from pipeline.stages.data_stage import data_input_digests
-from pipeline.stages.runner import INPUT_HASHES, StageRunner
+from pipeline.stages.fingerprint import INPUT_HASHES
+from pipeline.stages.runner import StageRunner
 
 DATA_STAGE = STAGES[0]
 

@@ -14,7 +14,8 @@ from pipeline.data.arrays import FaceArrays, VerificationPairs
 from pipeline.data.store import save_training_set, save_verification_set
 from pipeline.errors import ConfigError
 from pipeline.inputs import check_input_paths
-from pipeline.stages.runner import InputDigest, StageContext
+from pipeline.stages.fingerprint import InputDigest
+from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,16 @@
 """The stage runner: each stage maps declared inputs to outputs under runs/<run>/<stage>/ with a manifest.
 
-A stage is skipped when its fingerprint (its config sections, the hashes of its upstream outputs, the digests of
-what it reads from outside the run folder, the pipeline version) matches its manifest and its outputs still hash as
-recorded; otherwise it reruns, and the log names each outside input that changed (`Stage.input_digests`). A stage
-writes into a staging folder of its own process that replaces the old results only on success, so a failure
-(a full disk included) never costs earlier results and leaves nothing cached; a failed write is reported by the
-name the file would have had in the stage's folder. Long stages keep resumable work (checkpoints) in
-runs/<run>/work/<stage>/, tagged with the stage's fingerprint and discarded when the fingerprint changes or the
-stage is forced, so a checkpoint trained under another config is never resumed. One run at a time writes into a
-run folder (`pipeline.run_lock`): a second one is refused with the name of the first. A stop signal (see
-`pipeline.interrupts`) stops the run before the next stage. Each stage starts from the run's seed, so its numbers
-do not depend on what ran before.
+A stage is skipped when its fingerprint (`pipeline.stages.fingerprint`: its config sections, the hashes of its
+upstream outputs, the digests of what it reads from outside the run folder, the pipeline version) matches its
+manifest and its outputs still hash as recorded; otherwise it reruns, and the log names each outside input that
+changed (`Stage.input_digests`). A stage writes into a staging folder of its own process that replaces the old
+results only on success, so a failure (a full disk included) never costs earlier results and leaves nothing cached;
+a failed write is reported by the name the file would have had in the stage's folder. Long stages keep resumable
+work (checkpoints) in runs/<run>/work/<stage>/, tagged with the stage's fingerprint and discarded when the
+fingerprint changes or the stage is forced, so a checkpoint trained under another config is never resumed. One run
+at a time writes into a run folder (`pipeline.run_lock`): a second one is refused with the name of the first. A stop
+signal (see `pipeline.interrupts`) stops the run before the next stage. Each stage starts from the run's seed, so
+its numbers do not depend on what ran before.
 
 Under torchrun (`pipeline.distill.distributed`) rank 0 owns the run folder: it decides whether a stage is cached and
 tells the others; a `distributed` stage (training) runs on every rank, the others writing into a private staging
@@ -32,21 +32,20 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.artifacts import (
-    ArtifactWriteError, HashMemo, sha256_file, sha256_json, write_error, write_fault, write_json_atomic, write_text_atomic,
-)
+from pipeline.artifacts import ArtifactWriteError, sha256_json, write_error, write_fault, write_json_atomic, write_text_atomic
 from pipeline.config import RunConfig
 from pipeline.distill.distributed import Distributed, current
 from pipeline.errors import PipelineError
 from pipeline.inputs import check_input_paths
 from pipeline.interrupts import raise_if_stop_requested, stop_requested
 from pipeline.run_lock import RunLock, RunLockedError, pid_alive
+from pipeline.stages.fingerprint import (
+    MANIFEST, Fingerprinter, InputDigests, hash_outputs, input_changes, outputs_intact, read_manifest,
+)
 
 log = logging.getLogger("pipeline.stages")
-MANIFEST = "manifest.json"
 WORK_FINGERPRINT = ".fingerprint"
 STAGING_MARK = ".staging"  # .<stage>.staging.<pid>: one per process, so two processes never write into one
-INPUT_HASHES = ".input_hashes.json"  # `HashMemo` of the files that `input_digests` hashed, kept for the next run
 
 
 @dataclass
@@ -62,19 +61,6 @@ class StageContext:
 
     def input_dir(self, stage: str) -> Path:
         return self.run_dir / stage
-
-
-@dataclass(frozen=True)
-class InputDigest:
-    """One named input a stage reads from outside the run folder (a data source): a digest of what the stage reads
-    from it, and how many files it holds (None for a single file), recorded so that a change can be told in numbers."""
-
-    digest: str
-    files: int | None = None
-
-
-# (config, a sha256 of a file that reuses the hash of a file unchanged since the last run) -> {input name: digest}
-InputDigests = Callable[[RunConfig, Callable[[Path], str]], dict[str, InputDigest]]
 
 
 @dataclass(frozen=True)
@@ -97,70 +83,6 @@ class StageOutcome:
     manifest: dict[str, Any]
 
 
-def config_subset(config: RunConfig, sections: tuple[str, ...]) -> dict[str, Any]:
-    dumped = config.model_dump(mode="json")
-    return {section: dumped[section] for section in sections}
-
-
-def read_manifest(stage_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    path = stage_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        log.warning("%s: unreadable manifest, the stage will rerun", path)
-        return None
-
-
-def hash_outputs(folder: Path) -> dict[str, str]:
-    """Hash of every file a stage wrote (bundles such as .mlpackage folders hash as one entry)."""
-    outputs: dict[str, str] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name == MANIFEST:
-            continue
-        outputs[path.name] = sha256_file(path)
-    return outputs
-
-
-def input_changes(manifest: dict[str, Any], digests: dict[str, InputDigest]) -> list[str]:
-    """Each named input whose digest differs from the one `manifest` recorded, as "name (what changed)"; nothing for a
-    manifest that recorded no digests (written before its stage had any)."""
-    if "input_digests" not in manifest:
-        return []
-    before: dict[str, str] = manifest["input_digests"]
-    counts_before: dict[str, int] = manifest.get("input_file_counts", {})
-    changes = []
-    for name, now in digests.items():
-        if name not in before:
-            changes.append(f"{name} (new input)")
-        elif before[name] != now.digest:
-            was = counts_before.get(name)
-            if now.files is None:
-                changes.append(f"{name} (contents changed)")
-            elif was is not None and was != now.files:
-                changes.append(f"{name} ({_files(now.files)}, was {was})")
-            else:
-                changes.append(f"{name} ({_files(now.files)} as before, some changed)")
-    changes += [f"{name} (no longer read)" for name in before if name not in digests]
-    return changes
-
-
-def _files(count: int) -> str:
-    return f"{count} file{'' if count == 1 else 's'}"
-
-
-def outputs_intact(stage_dir: Path, manifest: dict[str, Any]) -> bool:
-    for name, digest in manifest.get("outputs", {}).items():
-        path = stage_dir / name
-        if not path.exists() or sha256_file(path) != digest:
-            log.warning("%s: output %s is missing or changed since it was written; rerunning", stage_dir.name, name)
-            return False
-    return True
-
-
 class StageRunner:
     """Runs stages in order, skipping the fresh ones; `force` and `from_stage` override the cache."""
 
@@ -170,63 +92,11 @@ class StageRunner:
         self.run_dir = runs_root / config.run_name
         self.names = [stage.name for stage in stages]
         self.ctx = distributed or current()
-        self._hash_memo: HashMemo | None = None
-        self._hash_memo_saved: dict[str, list] = {}
+        self._fingerprints = Fingerprinter(config, self.run_dir)
 
     def fingerprint(self, stage: Stage) -> dict[str, Any]:
         """What decides whether `stage` reruns; its sha256 is the key its manifest records."""
-        return self._fingerprint(stage)[0]
-
-    def _fingerprint(self, stage: Stage) -> tuple[dict[str, Any], dict[str, InputDigest]]:
-        upstream = {}
-        for name in stage.inputs:
-            manifest = read_manifest(self.run_dir / name)
-            if manifest is None:
-                raise PipelineError(f"stage {stage.name!r} needs {name!r}, which has no results in {self.run_dir / name}")
-            upstream[name] = manifest["outputs"]
-        external = {path: sha256_file(path) for path in stage.external_files(self.config)}
-        fingerprint = {
-            "config": config_subset(self.config, stage.config_sections),
-            "inputs": upstream,
-            "external_files": external,
-            "pipeline_version": __version__,
-        }
-        digests = self._input_digests(stage)
-        if digests:  # absent otherwise, so that a stage without named inputs keeps the key it had before they existed
-            fingerprint["input_digests"] = {name: digest.digest for name, digest in digests.items()}
-        return fingerprint, digests
-
-    def _input_digests(self, stage: Stage) -> dict[str, InputDigest]:
-        if stage.input_digests is None:
-            return {}
-        memo = self._memo()
-        digests = stage.input_digests(self.config, memo.sha256)
-        self._save_memo(memo)
-        return digests
-
-    def _memo(self) -> HashMemo:
-        """The hashes remembered from the last run, kept in the run folder (not a cache of the user's) beside the
-        manifests they feed; an unreadable memo only costs reading the files again."""
-        if self._hash_memo is None:
-            import json
-
-            try:
-                stored = json.loads((self.run_dir / INPUT_HASHES).read_text())
-            except (OSError, ValueError):
-                stored = {}
-            self._hash_memo = HashMemo(stored)
-            self._hash_memo_saved = dict(self._hash_memo.known)
-        return self._hash_memo
-
-    def _save_memo(self, memo: HashMemo) -> None:
-        remembered = memo.current()
-        if remembered == self._hash_memo_saved:
-            return
-        try:
-            write_json_atomic(self.run_dir / INPUT_HASHES, remembered)
-            self._hash_memo_saved = remembered
-        except ArtifactWriteError as exc:  # only time is lost: the next run hashes the files again
-            log.warning("%s", exc)
+        return self._fingerprints.compute(stage)[0]
 
     def run(self, from_stage: str | None = None, until: str | None = None, force: bool = False) -> list[StageOutcome]:
         for name in (from_stage, until):
@@ -280,7 +150,7 @@ class StageRunner:
         decision = None
         if not shared or self.ctx.is_main:
             self._recover_interrupted_swap(stage_dir)
-            fingerprint, digests = self._fingerprint(stage)
+            fingerprint, digests = self._fingerprints.compute(stage)
             key = sha256_json(fingerprint)
             manifest = read_manifest(stage_dir)
             if manifest is not None and manifest.get("fingerprint") != key:
