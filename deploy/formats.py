@@ -15,6 +15,7 @@ import numpy as np
 
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.config import ExportConfig
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # only the exporters need torch: device images that just run exports have none
@@ -23,7 +24,11 @@ if TYPE_CHECKING:  # only the exporters need torch: device images that just run 
 
 @dataclass
 class ExportRequest:
-    """Everything an exporter may need; calibration images serve the INT8 variants."""
+    """Everything an exporter may need; calibration images serve the INT8 variants.
+
+    `options` is the validated `export` section itself, so an exporter never holds a default of its own that could drift
+    from the config's (a request built without one gets the config's defaults).
+    """
 
     model: nn.Module
     spec: PreprocessSpec
@@ -31,7 +36,7 @@ class ExportRequest:
     precision: str
     opset: int = 17
     calibration_images: np.ndarray | None = None
-    options: dict = field(default_factory=dict)
+    options: ExportConfig = field(default_factory=ExportConfig)
 
 
 def _always() -> tuple[bool, str]:
@@ -63,8 +68,7 @@ def _export_onnx(request: ExportRequest) -> dict:
         from deploy.export.onnx_int8 import export_onnx_int8
 
         record = export_onnx_int8(request.model, request.spec, request.out_dir / name, _calibration(request), request.opset,
-                                  request.options.get("int8_calibration", "percentile"),
-                                  depthwise_fp32=request.options.get("int8_depthwise_fp32", True))
+                                  request.options.int8_calibration, depthwise_fp32=request.options.int8_depthwise_fp32)
     else:
         from deploy.export.onnx_export import export_onnx
 
@@ -95,14 +99,13 @@ def _export_ncnn(request: ExportRequest) -> dict:
         from deploy.export.ncnn_int8 import export_ncnn_int8
 
         record = export_ncnn_int8(request.model, request.spec, request.out_dir, _calibration(request),
-                                  float_layers=tuple(request.options.get("ncnn_int8_float_layers", ())),
-                                  method=request.options.get("int8_calibration", "percentile"),
-                                  depthwise_fp32=request.options.get("int8_depthwise_fp32", True))
+                                  float_layers=tuple(request.options.ncnn_int8_float_layers),
+                                  method=request.options.int8_calibration, depthwise_fp32=request.options.int8_depthwise_fp32)
     else:
         from deploy.export.ncnn_export import export_ncnn
 
         record = export_ncnn(request.model, request.spec, request.out_dir, request.precision,
-                             fp16_arithmetic_off=tuple(request.options.get("ncnn_fp16_arithmetic_off", ())))
+                             fp16_arithmetic_off=tuple(request.options.ncnn_fp16_arithmetic_off))
     return {"files": [Path(record["param"]).name, Path(record["bin"]).name],
             **{k: v for k, v in record.items() if k not in {"param", "bin", "precision"}}}
 
@@ -129,7 +132,7 @@ def _export_coreml(request: ExportRequest) -> dict:
 
     name = f"student_{request.precision}.mlpackage"
     record = export_coreml(request.model, request.spec, request.out_dir / name, request.precision,
-                           max_batch=request.options.get("max_batch", 64))
+                           max_batch=request.options.max_batch)
     facts = validate_coreml_package(request.out_dir / name, request.spec, request.precision)
     return {"files": [name], "validated": {k: facts[k] for k in ("input_shape", "output_shape", "precision") if k in facts},
             **{k: v for k, v in record.items() if k not in {"path", "precision"}}}
@@ -153,8 +156,8 @@ def _export_tensorrt(request: ExportRequest) -> dict:
     options = request.options
     return export_tensorrt(request.model, request.spec, request.out_dir, request.precision,
                            request.calibration_images if request.precision == "int8" else None, request.opset,
-                           max_batch=options.get("max_batch", 64), opt_batch=options.get("tensorrt_opt_batch", 1),
-                           workspace_mib=options.get("tensorrt_workspace_mib", 1024))
+                           max_batch=options.max_batch, opt_batch=options.tensorrt_opt_batch,
+                           workspace_mib=options.tensorrt_workspace_mib)
 
 
 def _tensorrt_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:

@@ -334,6 +334,17 @@ class ExportConfig(Section):
     tensorrt_opt_batch: int = Field(1, ge=1, description="the batch TensorRT tunes kernels for")
     tensorrt_workspace_mib: int = Field(1024, ge=16)
 
+    @field_validator("ncnn_fp16_arithmetic_off")
+    @classmethod
+    def _known_layer_types(cls, selectors: list[str]) -> list[str]:
+        """A mistyped layer type would mask nothing and fail only on ARM; layer names are checked against the .param."""
+        from deploy.export.ncnn_layer_types import layer_type_problem
+
+        problem = layer_type_problem(selectors)
+        if problem is not None:
+            raise ValueError(problem)
+        return selectors
+
 
 class ParetoStudentConfig(Section):
     """One student of the accuracy-latency Pareto: a name for its rows, its registered model and arguments."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipeline.config import CONFIG_DIR, load_config, profile_path
@@ -95,3 +97,34 @@ def test_a_missing_or_folder_teacher_checkpoint_is_one_line_before_any_stage(tmp
         status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path / "runs"), "--teacher-checkpoint", str(given)])
         assert status == 2 and capsys.readouterr().err.strip() == f"error: {given}: {problem}"
         assert not (tmp_path / "runs" / "tiny" / "data").exists()  # no stage ran
+
+
+# --- ncnn layer types, checked when the config loads (issue 21) -----------------------------------------------------
+
+
+def test_a_mistyped_ncnn_layer_type_from_set_is_one_line_naming_the_set_and_the_allowed_types(tmp_path, capsys):
+    from pipeline.cli import main
+
+    status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--set",
+                   'export.ncnn_fp16_arithmetic_off=["ConvolutionDepthwise"]'])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in error
+    assert error.startswith('error: --set export.ncnn_fp16_arithmetic_off=["ConvolutionDepthwise"]: '
+                            "export.ncnn_fp16_arithmetic_off: ")
+    assert "unknown ncnn layer type 'ConvolutionDepthwise' (did you mean 'ConvolutionDepthWise'?)" in error
+    assert all(f" {name}," in error for name in ("Convolution", "ConvolutionDepthWise", "InnerProduct", "PReLU"))
+    assert not (tmp_path / "tiny").exists()  # no stage ran, not even data
+
+
+def test_a_mistyped_ncnn_layer_type_in_a_profile_names_the_profile(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("export:\n  ncnn_fp16_arithmetic_off: [Convolutoin]\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: export.ncnn_fp16_arithmetic_off: .*unknown ncnn layer type "
+                                          r"'Convolutoin' \(did you mean 'Convolution'\?\); ncnn's layer types: AbsVal, "):
+        load_config(path)
+
+
+def test_ncnn_layer_types_and_layer_names_are_accepted():
+    selectors = ["ConvolutionDepthWise", "InnerProduct", "MultiHeadAttention", "convdw_12", "F.normalize_0"]
+    config = load_config(profile_path("tiny"), {"export.ncnn_fp16_arithmetic_off": selectors})
+    assert config.export.ncnn_fp16_arithmetic_off == selectors  # layer names are checked against the exported .param

@@ -180,3 +180,33 @@ def test_coreml_package_replaced_only_when_complete(tmp_path):
     _save_package_atomic(_PackageWriter("new"), target)
     assert (target / "weights.bin").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == [target.name]  # no staging folders left behind
+
+
+def test_the_ncnn_layer_type_list_is_the_installed_ncnns_registry():
+    import ncnn
+
+    from deploy.export.ncnn_layer_types import NCNN_LAYER_TYPES
+
+    assert [ncnn.layer_to_index(name) for name in NCNN_LAYER_TYPES] == list(range(len(NCNN_LAYER_TYPES)))
+    assert ncnn.layer_to_index("Convolutoin") == -1
+
+
+def test_a_direct_fp16_export_runs_depthwise_layers_without_fp16_arithmetic_as_a_run_would(ncnn_exports):
+    from deploy.export.ncnn_model import FEATMASK_KEY, FEATMASK_NO_FP16_ARITHMETIC
+
+    layers = read_param_layers(ncnn_exports["fp16"]["param"])
+    masked = [layer.layer_type for layer in layers if layer.param_int(FEATMASK_KEY) & FEATMASK_NO_FP16_ARITHMETIC]
+    assert masked and set(masked) == {"ConvolutionDepthWise"}
+    assert ncnn_exports["fp16"]["fp16_arithmetic_off_layers"]
+
+
+def test_masking_a_mistyped_layer_type_fails_naming_the_param(ncnn_exports, tmp_path):
+    import shutil
+
+    from deploy.export.ncnn_model import mask_fp16_arithmetic
+
+    param = tmp_path / "student_fp16.ncnn.param"
+    shutil.copyfile(ncnn_exports["fp16"]["param"], param)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(param))}: unknown ncnn layer type 'Convolutoin' \(did you mean 'Convolution'\?\)"):
+        mask_fp16_arithmetic(param, ("Convolutoin",))
+    assert mask_fp16_arithmetic(param, ("LayerNorm",)) == []  # a real type this model lacks masks nothing

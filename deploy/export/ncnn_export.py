@@ -22,6 +22,7 @@ from deploy.export.ncnn_model import mask_fp16_arithmetic
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
 from pipeline.artifacts import atomic_path
+from pipeline.config import ExportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +44,20 @@ def export_ncnn(
     out_dir: Path,
     precision: str = "fp32",
     name: str = "student",
-    fp16_arithmetic_off: tuple[str, ...] = (),
+    fp16_arithmetic_off: tuple[str, ...] | None = None,
 ) -> dict:
     """Trace `model` at batch 1 and convert it with pnnx; fp16 stores weights as fp16 (pnnx fp16=1).
 
-    `fp16_arithmetic_off` (fp16 only): layer types or names that run without fp16 arithmetic on CPUs that have it.
+    `fp16_arithmetic_off` (fp16 only): layer types or names that run without fp16 arithmetic on CPUs that have it;
+    None: the config's default (`ExportConfig.ncnn_fp16_arithmetic_off`), so a direct call exports what a run would.
     Returns the written paths, the blob names read back from the .param, sizes and timings.
     """
     if precision not in PNNX_PRECISIONS:
         raise ValueError(f"pnnx writes ncnn precisions {PNNX_PRECISIONS}, got {precision!r} (int8: deploy/export/ncnn_int8.py)")
     if spec.layout != "NCHW":
         raise ValueError(f"ncnn export needs an NCHW spec, got {spec.layout}")
+    if fp16_arithmetic_off is None:
+        fp16_arithmetic_off = tuple(ExportConfig.model_fields["ncnn_fp16_arithmetic_off"].default)
     out_dir = Path(out_dir)
     param_name, bin_name = ncnn_file_names(name, precision)
     started = time.perf_counter()

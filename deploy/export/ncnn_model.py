@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy.export.ncnn_layer_types import layer_type_problem, names_a_layer_type
 from deploy.runners.ncnn_runner import NCNN_PARAM_MAGIC, NcnnLayer, read_param_layers
 from pipeline.artifacts import atomic_path
 
@@ -200,10 +201,14 @@ def mask_fp16_arithmetic(param_path: str | Path, selectors: tuple[str, ...]) -> 
     layers = read_param_layers(param_path)
     blob_count = int(param_path.read_text().splitlines()[1].split()[1])
     types, names = {layer.layer_type for layer in layers}, {layer.layer_name for layer in layers}
-    # A layer type the model lacks is fine (an IResNet has no depthwise convolutions); a name that is not there is a typo.
-    unknown = [s for s in selectors if s not in types and s not in names and not s[:1].isupper()]
+    # A layer type the model lacks is fine (an IResNet has no depthwise convolutions); a name that is not there, or a
+    # type ncnn does not have, is a typo.
+    unknown = [s for s in selectors if s not in types and s not in names and not names_a_layer_type(s)]
     if unknown:
         raise ValueError(f"{param_path}: no layer named {', '.join(unknown)} to run without fp16 arithmetic")
+    problem = layer_type_problem(selectors)
+    if problem is not None:
+        raise ValueError(f"{param_path}: {problem}")
     changed, masked = [], []
     for layer in layers:
         if layer.layer_type in selectors or layer.layer_name in selectors:

@@ -47,7 +47,6 @@ def run_export_stage(context: StageContext) -> None:
     student = load_model(context.input_dir("distill"), "student")
     spec = run_preprocess_spec(config, student.embedding_dim)
     calibration = draw_calibration_images(load_training_set(context.input_dir("data")).images, config.export.calibration_images)
-    options = config.export.model_dump(exclude={"formats", "opset"})
     int8_gate = _Int8Gate(context, config, student, spec) if config.export.int8_gate else None
     records = []
     for entry in config.export.formats:
@@ -60,7 +59,7 @@ def run_export_stage(context: StageContext) -> None:
                 records.append(record)
                 log.info("export %s/%s: skipped: %s", export_format.name, precision, why_not)
                 continue
-            request = ExportRequest(student, spec, context.out_dir, precision, config.export.opset, calibration, options)
+            request = ExportRequest(student, spec, context.out_dir, precision, config.export.opset, calibration, config.export)
             record = export_one(export_format, request)
             if precision == "int8" and record["status"] == "exported" and int8_gate is not None:
                 int8_gate.apply(record)

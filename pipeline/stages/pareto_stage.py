@@ -64,8 +64,7 @@ def pareto_rows(context: StageContext, student: ParetoStudentConfig, pairs, cali
     rows = [{**base, "backend": "pytorch", "precision": "fp32", **_accuracy(reference, pairs.issame)}]
     ncnn = get_format("ncnn")
     for precision in config.pareto.precisions:
-        request = ExportRequest(model, spec, folder, precision, config.export.opset, calibration,
-                                config.export.model_dump(exclude={"formats", "opset"}))
+        request = ExportRequest(model, spec, folder, precision, config.export.opset, calibration, config.export)
         record = {"format": "ncnn", "precision": precision, **ncnn.export(request)}
         runner = ncnn.make_runner(folder, record, spec, 1)
         try:
