@@ -106,18 +106,11 @@ def create_loss(name: str, context: LossContext | None = None, **kwargs) -> Dist
 
 def loss_arguments(name: str) -> list[str] | None:
     """The `args` a profile may give loss `name`, or None when that cannot be told (a **kwargs going on to one)."""
-    from pipeline.models.registry import keyword_names
+    from pipeline.models.registry import accepted_keywords
 
     _import_builtin_losses()
     loss = _LOSSES[name]
-    names, takes_more = keyword_names(loss.from_context)
-    names.discard("context")
-    if takes_more:
-        built, open_ended = keyword_names(loss)
-        if open_ended:
-            return None
-        names |= built - set(loss.context_args)
-    return sorted(names)
+    return accepted_keywords(loss.from_context, loss, set_on_the_way=loss.context_args, not_given=("context",))
 
 
 def loss_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None, str] | None:

@@ -56,19 +56,27 @@ def keyword_names(function: Callable[..., Any]) -> tuple[set[str], bool]:
     return names, any(p.kind == p.VAR_KEYWORD for p in parameters)
 
 
+def accepted_keywords(function: Callable[..., Any], forwarded_to: Callable[..., Any] | None,
+                      set_on_the_way: Iterable[str] = (), not_given: Iterable[str] = ()) -> list[str] | None:
+    """What a caller may pass `function` by keyword, following its **kwargs into `forwarded_to` (minus what
+    `function` sets there itself); None when that cannot be told (a **kwargs going nowhere known, or open-ended)."""
+    names, takes_more = keyword_names(function)
+    names -= set(not_given)
+    if takes_more:
+        if forwarded_to is None:
+            return None
+        forwarded, open_ended = keyword_names(forwarded_to)
+        if open_ended:
+            return None
+        names |= forwarded - set(set_on_the_way)
+    return sorted(names)
+
+
 def model_arguments(name: str) -> list[str] | None:
     """The keyword arguments model `name` takes, or None when that cannot be told (a **kwargs going nowhere declared)."""
     _import_builtin_models()
-    names, takes_more = keyword_names(_BUILDERS[name])
-    if takes_more:
-        if name not in _FORWARDS:
-            return None
-        destination, set_by_builder = _FORWARDS[name]
-        forwarded, open_ended = keyword_names(destination)
-        if open_ended:
-            return None
-        names |= forwarded - set_by_builder
-    return sorted(names)
+    destination, set_by_builder = _FORWARDS.get(name, (None, frozenset()))
+    return accepted_keywords(_BUILDERS[name], destination, set_by_builder)
 
 
 def model_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None, str] | None:
