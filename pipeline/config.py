@@ -208,7 +208,9 @@ class APTConfig(Section):
     """Adaptable Prompting Teacher: prompt tokens in the frozen ViT teacher, trained with the student.
 
     `blocks` are the teacher blocks whose input receives fresh prompts (None = every block, VPT-deep; [0] = input
-    only, VPT-shallow). `teacher_margin_weight` weighs the prompted teacher's own margin loss (lambda_apt).
+    only, VPT-shallow). `teacher_margin_weight` weighs the prompted teacher's own margin loss (lambda_apt), this
+    project's addition to the paper; 0 is the paper's setting and needs no teacher margin head. A ViT teacher only:
+    EdgeFace has no token sequence to prompt.
     """
 
     num_prompts: int = Field(4, ge=1, le=256)
@@ -427,10 +429,25 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     except ValidationError as exc:
         problems = [(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
         raise ConfigError(_with_sources(problems, path, overrides)) from None
-    problem = builder_argument_problem(config)
+    problem = builder_argument_problem(config) or apt_teacher_problem(config)
     if problem is not None:
         raise ConfigError(_with_sources([problem], path, overrides))
     return config
+
+
+def apt_teacher_problem(config: RunConfig) -> tuple[str, str] | None:
+    """(dotted key, problem) when an objective asks for APT with a teacher that has no token sequence (EdgeFace)."""
+    asked = [("distill.apt", config.distill.apt)]
+    asked += [(f"distill.ablation.variants.{name}.apt", variant.apt) for name, variant in config.distill.ablation.variants.items()]
+    where = next((dotted for dotted, apt in asked if apt is not None), None)
+    if where is None:
+        return None
+    try:
+        from pipeline.distill.apt import apt_teacher_problem as refusal
+        from pipeline.models.edgeface import EDGEFACE_VARIANTS
+    except ImportError:  # a machine without torch reading a profile: building the prompted teacher still checks
+        return None
+    return (where, refusal(config.teacher.model)) if config.teacher.model in EDGEFACE_VARIANTS else None
 
 
 def builder_argument_problem(config: RunConfig) -> tuple[str, str] | None:

@@ -71,7 +71,7 @@ def test_a_model_argument_typo_in_a_profile_names_the_profile(tmp_path):
 
 def test_unknown_loss_arguments_and_model_names_are_config_errors():
     with pytest.raises(ConfigError, match=r"^--set distill.losses=.*: distill.losses.0.args.gird: loss urfm takes no argument "
-                                          r"'gird' \(did you mean 'grid'\?\); it takes: attn_dim, "):
+                                          r"'gird' \(did you mean 'grid'\?\); it takes: attention_weight, attn_dim, "):
         load_config(profile_path("tiny"), {"distill.losses": [{"name": "urfm", "args": {"gird": 5}}]})
     with pytest.raises(ConfigError, match=r"^--set teacher.model=vit_huge: teacher.model: unknown model 'vit_huge'; registered: "):
         load_config(profile_path("tiny"), {"teacher.model": "vit_huge"})

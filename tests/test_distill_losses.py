@@ -20,6 +20,7 @@ TERMS = {
     "logit_kd": {"temperature": 4.0},
     "fitnet": {"student_tap": "stages.2", "teacher_tap": "blocks.1"},
     "urfm": {"student_tap": "stages.2", "teacher_tap": "blocks.1", "grid": 2, "attn_dim": 8},
+    "urfm_local": {"student_tap": "stages.2", "teacher_tap": "blocks.1", "grid": 2, "attn_dim": 8},
 }
 
 

@@ -1,107 +1,127 @@
-"""URFM: local features of unified receptive fields for any ViT/CNN pair, built from the real networks' shapes."""
+"""URFM as published: queries over all pixels, the bucketed facial bias, both losses, and no constant-output shortcut."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from pipeline.distill.losses import DistillInputs, LossContext, create_loss
+from pipeline.distill.face_geometry import (FACE_LANDMARKS, REST_OF_FACE, bucket_ids, euclidean_distance, facial_distance, facial_regions,
+                                            grid_positions, piecewise_index)
+from pipeline.distill.losses import DistillInputs, create_loss
 from pipeline.distill.objective import loss_context
-from pipeline.distill.urfm import URFMLoss, grid_positions
-from pipeline.errors import ConfigError
+from pipeline.distill.urfm import URFMLoss
+from pipeline.distill.urfm_local import LocalURFMLoss
 from pipeline.models.registry import create_model
 
-STUDENTS = {
-    "mobilefacenet": lambda: create_model("mobilefacenet", width=0.25),
-    "iresnet18": lambda: create_model("iresnet18", width=0.125),
-    "iresnet50": lambda: create_model("iresnet50", width=0.125),
-}
+
+def small_urfm(**args) -> URFMLoss:
+    torch.manual_seed(0)
+    return URFMLoss("s", "t", student_shape=(8, 14, 14), teacher_shape=(7, 7, 12), grid=7, attn_dim=8, num_heads=2, **args)
 
 
-def vit(patch_size: int, input_size: int):
-    """Patch 9 on 112 is arcface_torch's layout: a 12x12 grid over the first 108 pixels."""
-    return create_model("vit_face_tiny", patch_size=patch_size, input_size=input_size, depth=1, allow_partial_patches=True).eval()
+def inputs(student: torch.Tensor, teacher: torch.Tensor, prompts: torch.Tensor | None = None) -> DistillInputs:
+    return DistillInputs(torch.zeros(len(student), 8), torch.zeros(len(student)), student_features={"s": student},
+                         teacher_tokens={"t": teacher}, teacher_prompts={} if prompts is None else {"t": prompts})
 
 
-@pytest.mark.parametrize(
-    "patch_size, teacher_input, student_name, student_tap",
-    [
-        (16, 112, "mobilefacenet", "stages.2"),  # 7x7 tokens vs 14x14 pixels
-        (16, 112, "iresnet18", "layer4"),  # 7x7 vs 7x7
-        (8, 112, "mobilefacenet", "stages.4"),  # 14x14 tokens vs 7x7 pixels
-        (8, 112, "iresnet50", "layer2"),  # 14x14 vs 28x28
-        (9, 112, "mobilefacenet", "stages.0"),  # 12x12 tokens over 108 of 112 pixels vs 28x28: grids that do not divide
-        (9, 108, "iresnet18", "layer3"),  # 12x12 tokens over the whole (108-pixel) face vs 14x14
-    ],
-)
-def test_urfm_maps_both_networks_to_the_same_local_features(patch_size, teacher_input, student_name, student_tap):
-    teacher, student = vit(patch_size, teacher_input), STUDENTS[student_name]().eval()
-    context = loss_context(student, 112, teacher, None)
-    urfm = create_loss("urfm", context=context, student_tap=student_tap, teacher_tap="blocks.0", grid=7, attn_dim=16)
-    assert isinstance(urfm, URFMLoss)
-    grid = teacher.grid_size
-    assert urfm.teacher_map.positions[-1, 0] == pytest.approx((grid - 0.5) * patch_size / teacher_input)  # last token's centre
+def test_the_published_urfm_is_urfm_and_the_windowed_one_urfm_local():
+    context = loss_context(create_model("mobilefacenet", width=0.25).eval(), 112,
+                           create_model("vit_face_tiny", depth=2).eval(), None)
+    assert isinstance(create_loss("urfm", context=context), URFMLoss)
+    assert isinstance(create_loss("urfm_local", context=context, student_tap="stages.2", teacher_tap="blocks.1"), LocalURFMLoss)
 
+
+@pytest.mark.parametrize("teacher_name, teacher_tap, teacher_grid", [("vit_face_tiny", "blocks.0", (7, 7)), ("edgeface_xxs", "stages.3", (3, 3))])
+def test_taps_default_to_the_last_spatial_stage_of_each_network(teacher_name, teacher_tap, teacher_grid):
+    """ViT patch tokens and EdgeFace stage maps both map, by default from the deepest tap of each network."""
+    args = {"depth": 1} if teacher_name.startswith("vit") else {}
+    teacher, student = create_model(teacher_name, **args).eval(), create_model("mobilefacenet", width=0.25).eval()
+    urfm = create_loss("urfm", context=loss_context(student, 112, teacher, None), attn_dim=16)
+    assert (urfm.student_tap, urfm.teacher_tap) == ("stages.4", teacher_tap)
+    assert urfm.teacher_map.grid_hw == teacher_grid and urfm.student_map.grid_hw == (7, 7)
     captured = {}
-    hook = dict(student.named_modules())[student_tap].register_forward_hook(lambda m, i, out: captured.__setitem__("map", out))
+    hook = student.stages[4].register_forward_hook(lambda m, i, out: captured.__setitem__("map", out))
     with torch.no_grad():
         student(torch.randn(2, 3, 112, 112))
-        _, tokens = teacher.forward_tokens(torch.randn(2, 3, teacher_input, teacher_input))
+        _, tokens = teacher.forward_tokens(torch.randn(2, 3, 112, 112))
     hook.remove()
-    mapped_student = urfm.map_student(captured["map"])
-    mapped_teacher = urfm.map_teacher(tokens[0])
-    assert mapped_student.shape == mapped_teacher.shape == (2, 49, teacher.width)
-    loss = urfm(DistillInputs(torch.zeros(2, 512), torch.zeros(2), student_features={student_tap: captured["map"]}, teacher_tokens={"blocks.0": tokens[0]}))
-    assert loss.ndim == 0 and 0 < float(loss.detach()) < 4  # 2 - 2cos of unit vectors lies in [0, 4]
+    batch = DistillInputs(torch.zeros(2, 512), torch.zeros(2), student_features={"stages.4": captured["map"]},
+                          teacher_tokens={teacher_tap: tokens[-1]})
+    attention, feature = urfm.terms(batch)
+    assert torch.isfinite(attention) and torch.isfinite(feature) and float(feature.detach()) > 0
 
 
-def test_each_local_feature_sees_only_its_own_face_region():
-    """Changing student pixels outside centre k's window leaves local feature k unchanged; inside, it changes."""
-    torch.manual_seed(0)
-    urfm = URFMLoss("s", "t", student_shape=(8, 14, 14), teacher_shape=(7, 7, 12), grid=7, attn_dim=8)
-    features = torch.randn(1, 8, 14, 14)
-    centre = 24  # the middle of the 7x7 grid
-    inside = urfm.student_map.mask[centre].view(14, 14)
-    assert 0 < int(inside.sum()) < 14 * 14 // 4
-    outside_changed = features.clone()
-    outside_changed[:, :, ~inside] += 5.0
-    inside_changed = features.clone()
-    inside_changed[:, :, inside] += 5.0
+def test_every_query_attends_over_all_pixels_of_both_networks():
+    """No window: a change at one far corner pixel moves the mapped feature of every query."""
+    urfm = small_urfm()
+    student, teacher = torch.randn(2, 8, 14, 14), torch.randn(2, 49, 12)
     with torch.no_grad():
-        reference = urfm.map_student(features)[0, centre]
-        assert torch.allclose(urfm.map_student(outside_changed)[0, centre], reference)
-        assert not torch.allclose(urfm.map_student(inside_changed)[0, centre], reference)
+        student_attention, student_local = urfm.map_student(student)
+        teacher_attention, teacher_local = urfm.map_teacher(teacher)
+        assert student_attention.shape == (2, 49, 196) and bool((student_attention > 0).all())
+        assert teacher_attention.shape == (2, 49, 49) and bool((teacher_attention > 0).all())
+        moved_student = student.clone()
+        moved_student[:, :, 13, 13] += 5.0
+        moved_teacher = teacher.clone()
+        moved_teacher[:, 48] += 5.0 * torch.randn(12)  # not a constant shift, which the tokens' layer norm removes
+        assert bool(((urfm.map_student(moved_student)[1] - student_local).abs().amax(dim=-1) > 1e-6).all())
+        assert bool(((urfm.map_teacher(moved_teacher)[1] - teacher_local).abs().amax(dim=-1) > 1e-6).all())
 
 
-def test_a_centre_covers_the_same_face_window_in_both_networks():
-    """Centre k's teacher tokens and student pixels lie in one face window, whatever the two grids are."""
-    urfm = URFMLoss("s", "t", student_shape=(8, 28, 28), teacher_shape=(12, 12, 12), grid=7, attn_dim=8)
-    centres = urfm.centres.positions
-    for mapper, (height, width) in ((urfm.teacher_map, (12, 12)), (urfm.student_map, (28, 28))):
-        positions = grid_positions(height, width)
-        for k in range(len(centres)):
-            seen = positions[mapper.mask[k]]
-            assert ((seen - centres[k]).abs() <= urfm.centres.region / 2 + 1e-5).all()
+def test_the_facial_bias_is_a_learnable_bucket_indexed_by_irpe_of_euclidean_plus_facial_distance():
+    queries = small_urfm(gamma=1.0).queries
+    positions = grid_positions(14, 14)
+    euclidean = euclidean_distance(queries.anchors, positions) / (1 / 14)  # in the default unit, 1/14 of the face side
+    # gamma = 0 is iRPE's Euclidean method
+    assert torch.equal(bucket_ids(queries.anchors, positions, gamma=0.0), piecewise_index(euclidean, 3.8, 7.6, 30.4))
+    assert torch.equal(small_urfm(gamma=0.0).student_map.pixel_buckets, piecewise_index(euclidean, 3.8, 7.6, 30.4))
+    # the logits are (q_l + P[bucket_lj]) . k_j / sqrt(d): same bucket, same bias
+    ids = queries.bucket_ids(positions)
+    keys = torch.randn(1, len(positions), 8)
+    explicit = torch.einsum("lpd,pd->lp", queries.queries[:, None, :] + queries.bias(ids), keys[0]) / 8 ** 0.5
+    assert torch.allclose(queries.logits(keys, ids)[0], explicit, atol=1e-6)
+    same = ids == ids[0, 0]
+    assert int(same.sum()) > 1 and torch.equal(queries.bias(ids)[same], queries.buckets[ids[0, 0]].expand(int(same.sum()), -1))
+    # equal pixel distance, one point inside the eye's region and one outside it: gamma separates them
+    eye = FACE_LANDMARKS[0]
+    anchor, inside, outside = (eye + torch.tensor([0.0, dx]) for dx in (-0.12, -0.07, -0.17))
+    assert facial_regions(torch.stack([anchor, inside, outside])).tolist() == [0, 0, REST_OF_FACE]
+    assert facial_distance(anchor[None], torch.stack([inside, outside]))[0, 0] == 0
+    flat = bucket_ids(anchor[None], torch.stack([inside, outside]), gamma=0.0)[0]
+    facial = bucket_ids(anchor[None], torch.stack([inside, outside]), gamma=1.0)[0]
+    assert flat[0] == flat[1] and facial[0] < facial[1]
+    assert facial_regions(FACE_LANDMARKS).tolist() == [0, 1, 2, 3, 4]
 
 
-def test_teacher_side_has_no_trainable_value_map():
-    """Trainable value maps on both sides could both collapse to a constant; the teacher's values stay its tokens."""
-    urfm = URFMLoss("s", "t", student_shape=(8, 14, 14), teacher_shape=(7, 7, 12), dim=6)
-    assert not [p for p in urfm.teacher_map.value.parameters()]
-    assert urfm.map_teacher(torch.randn(3, 49, 12)).shape == (3, 49, 6)
+def test_both_losses_are_present_and_reach_the_student_and_the_mapping():
+    urfm = small_urfm(attention_weight=0.5)
+    student, teacher = torch.randn(2, 8, 14, 14, requires_grad=True), torch.randn(2, 49, 12)
+    attention, feature = urfm.terms(inputs(student, teacher))
+    for term in (attention, feature):
+        assert float(term.detach()) > 0
+        grads = torch.autograd.grad(term, [student, urfm.queries.queries, urfm.queries.buckets], retain_graph=True)
+        assert all(float(g.abs().sum()) > 0 for g in grads)
+    total = urfm(inputs(student, teacher))
+    assert total.ndim == 0 and torch.allclose(total, feature + 0.5 * attention)
 
 
-def test_bad_taps_and_regions_fail_at_construction_with_the_shapes_named():
-    context = LossContext({"stages.2": (32, 14, 14)}, {"blocks.0": (7, 7, 192)})
-    with pytest.raises(ConfigError, match=r"no feature tap 'stages\.9'; taps: stages\.2"):
-        create_loss("urfm", context=context, student_tap="stages.9", teacher_tap="blocks.0")
-    with pytest.raises(ConfigError, match=r"no token tap 'blocks\.3'"):
-        create_loss("urfm", context=context, student_tap="stages.2", teacher_tap="blocks.3")
-    with pytest.raises(ConfigError, match=r"teacher tap 'blocks\.0'.s 7x7 map has no pixel inside the region"):
-        create_loss("urfm", context=context, student_tap="stages.2", teacher_tap="blocks.0", grid=14, region=0.05)
+def test_a_constant_student_cannot_drive_the_loss_near_zero_while_a_teacher_like_one_can():
+    torch.manual_seed(1)
+    urfm = URFMLoss("s", "t", student_shape=(12, 7, 7), teacher_shape=(7, 7, 12), grid=7, attn_dim=8, num_heads=2)
+    teacher = torch.randn(4, 49, 12) + torch.randn(1, 1, 12) * 3  # a shared component, as real tokens have
+    with torch.no_grad():  # the student reproduces the teacher: same keys, identity values
+        urfm.student_map.key.load_state_dict(urfm.teacher_map.key.state_dict())
+        urfm.student_map.value.weight.copy_(torch.eye(12))
+    teacher_like = F.layer_norm(teacher, (12,)).transpose(1, 2).reshape(4, 12, 7, 7)
+    assert float(urfm(inputs(teacher_like, teacher)).detach()) < 1e-6
 
-
-def test_features_of_the_wrong_shape_are_refused():
-    urfm = URFMLoss("s", "t", student_shape=(8, 14, 14), teacher_shape=(7, 7, 12))
-    with pytest.raises(ValueError, match=r"student tap 's' features are \(1, 49, 8\), built for \(B, 196, 8\)"):
-        urfm.map_student(torch.randn(1, 8, 7, 7))
+    constant = torch.full((4, 12, 7, 7), 0.3)
+    optimizer = torch.optim.Adam(urfm.parameters(), lr=0.05)  # every learnable part tries to make the constant fit
+    for _ in range(30):
+        attention, feature = urfm.terms(inputs(constant, teacher))
+        assert float(feature.detach()) >= 1 - 1e-4
+        optimizer.zero_grad()
+        (feature + attention).backward()
+        optimizer.step()
+    assert float(urfm(inputs(constant, teacher)).detach()) >= 1 - 1e-4

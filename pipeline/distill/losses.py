@@ -36,6 +36,7 @@ class DistillInputs:
     student_logits: torch.Tensor | None = None  # (B, classes): scale * cos(embedding, class centre), no margin
     student_features: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, C, H, W)
     teacher_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, h*w, C) patch tokens
+    teacher_prompts: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, t, C) prompt outputs (APT)
 
 
 class DistillLoss(nn.Module):
@@ -125,7 +126,7 @@ def loss_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None, 
 
 def _import_builtin_losses() -> None:
     # Imported for their @register_loss side effect.
-    from pipeline.distill import urfm  # noqa: F401
+    from pipeline.distill import urfm, urfm_local  # noqa: F401
 
 
 def unit_distance(student: torch.Tensor, teacher: torch.Tensor, dim: int = -1) -> torch.Tensor:

@@ -29,10 +29,12 @@ class TeacherBatch:
     embedding: torch.Tensor | None = None
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, h*w, C) patch tokens
     loss: torch.Tensor | None = None
+    prompts: dict[str, torch.Tensor] = field(default_factory=dict)  # tap -> (B, t, C) prompt outputs (APT)
 
     def to(self, device: torch.device) -> TeacherBatch:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TeacherBatch(move(self.embedding), {tap: t.to(device) for tap, t in self.tokens.items()}, move(self.loss))
+        return TeacherBatch(move(self.embedding), {tap: t.to(device) for tap, t in self.tokens.items()}, move(self.loss),
+                            {tap: t.to(device) for tap, t in self.prompts.items()})
 
 
 @dataclass

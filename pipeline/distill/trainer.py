@@ -205,7 +205,8 @@ def train_recognition_model(
             signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps).to(device)
         student_logits = head.cosine(embedding) * head.scale if STUDENT_LOGITS in required else None
         inputs = DistillInputs(embedding, labels, signals.embedding, student_logits=student_logits,
-                               student_features=dict(captured), teacher_tokens=signals.tokens)
+                               student_features=dict(captured), teacher_tokens=signals.tokens,
+                               teacher_prompts=signals.prompts)
         for term in distill_losses:
             terms[term.name] = term.module(inputs)
         loss = sum(t.weight * terms[t.name] for t in distill_losses) + (margin_weight * terms["margin"] if terms.get("margin") is not None else 0.0)

@@ -1,29 +1,36 @@
-"""URFM, Unified Receptive Fields Mapping (Zhao et al., "Cross-Architecture Distillation for Face Recognition", ACM MM 2024).
+"""URFM, Unified Receptive Fields Mapping, as published (Zhao et al., "Cross-Architecture Distillation for Face
+Recognition", ACM MM 2024, section 3; read in ../shared/METHOD.md's last section). This project's earlier windowed
+variant is `urfm_local`.
 
-Why: a ViT token at patch (i, j) has a global receptive field after self-attention, while a CNN pixel at (i, j)
-sees a local window, so matching them position by position (FitNet) asks the student for information it cannot
-see. URFM maps both networks' pixel features into K *local features with the same receptive field on the face*
-and aligns those instead.
+Why: a ViT token has a global receptive field, a CNN pixel a local one, so matching them position by position
+(FitNet) asks the student for what it cannot see. URFM maps both networks' pixel features to the same L local
+features, each gathered by one learnable query over *all* pixels of a network, and aligns those.
 
-What is followed (the paper, as ../shared/METHOD.md reads it):
-- K learnable local centres (queries) laid on a g x g grid over the aligned face, each with a facial positional
-  encoding (FPE); every centre gathers, by attention, the features of its own face region, separately from the
-  teacher's patch tokens and from the student's feature-map pixels. The centres and the FPE are shared by both
-  mappings, so centre k describes the same face region in both networks whatever their grids are.
-- The teacher's and the student's mapped features are aligned by a distance loss: MSE of L2-normalised local
-  features (= 2 - 2 cos), averaged over centres.
+What is followed:
+- L = grid^2 learnable queries, shared by the teacher's and the student's mapping, attend over all N_T teacher /
+  N_S student pixel features (no window): e_lj = (q_l + b_lj)(f_j W_k)^T / sqrt(d). The paper's f_i W_q is a
+  learnable query token times a learnable matrix; one learnable vector q_l is the same function class.
+- b_lj = P[I(D(a_l, p_j))], P a bucket of learnable d-vectors, I iRPE's piecewise index, a_l the query's anchor (its
+  cell on a grid x grid lattice over the face), p_j the pixel's face position, D = Euclidean + gamma * D_face (the
+  facial-structure distance of `face_geometry.py`; its docstring says how the paper's figure-only definition was
+  read). Prompt tokens (APT) have no face position: they share one extra bucket, as iRPE gives the class token one.
+- Teacher pixel features are the tapped patch tokens joined with the prompt outputs of the same block when the
+  teacher is prompted (APT): f = [x_K, p_K].
+- L_attn = MSE(Attn_T, Attn_S) and L_feat = MSE(MSA(h_T), MSA(h_S)); the term is L_feat + attention_weight * L_attn.
+- Taps at matching depth: by default the last spatial stage of the student and the teacher's last block / stage.
+
+Choices made where the paper leaves room (each a guard against a shortcut, or a way to compare unequal grids):
+- Attention maps are compared as densities over the face (attention x pixel count, 1 = uniform) on the student's
+  grid: the teacher's map over its patch tokens is resampled bilinearly at the student's pixel centres (identity when
+  the grids match). Attention on prompts has no student counterpart and is not compared.
+- Values: the teacher's are its layer-normalised tokens (no parameters; a fixed random orthogonal projection when
+  `dim` is narrower), the student's a bias-free linear map. MSA is a residual multi-head self-attention over the L
+  local features, shared by both sides, with learnable query/key projections and identity values: h + A(h) h.
+  A learnable value/output projection could map both sides to one constant; this one cannot.
+- L_feat is divided by the teacher's own spread (variance of MSA(h_T) over batch and queries, mean over channels,
+  without gradient): whatever the learnable parts do, a student output that is the same for every image and query
+  scores L_feat >= 1, and only one that follows the teacher goes below.
 - Training time only: the mappers live in the loss module, never in the exported student.
-
-Choices made here where the paper or METHOD.md leaves room (each stated so it can be changed knowingly):
-- FPE: one learnable map over the face (`encoding_resolution`^2 cells) sampled bilinearly at any position, so a
-  7x7 token grid, a 12x12 one and a 14x14 CNN map all read the same encoding for the same face point. Keys are
-  projected pixel features plus the FPE at the pixel; queries are the centre's embedding plus the FPE at the centre.
-- Receptive field: each centre attends only to pixels whose centre lies in a square window of side `region`
-  (fraction of the face side, default 2/g) around it; construction fails if a centre's window holds no pixel.
-- Values: the teacher side's values are its (layer-normalised, parameter-free) patch tokens and the student
-  side's are a learned linear map into the teacher's width. Learnable value maps on *both* sides could make the
-  loss zero by mapping both to a constant; keeping the teacher's values fixed rules that collapse out. With
-  `dim` smaller than the teacher's width, the teacher's tokens go through a fixed random orthogonal projection.
 """
 
 from __future__ import annotations
@@ -35,104 +42,101 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.distill.losses import STUDENT_FEATURES, TEACHER_TOKENS, DistillInputs, DistillLoss, LossContext, register_loss, unit_distance
+from pipeline.distill.face_geometry import bucket_count, bucket_ids, grid_positions
+from pipeline.distill.losses import STUDENT_FEATURES, TEACHER_TOKENS, DistillInputs, DistillLoss, LossContext, register_loss
+from pipeline.distill.urfm_local import FixedProjection
 from pipeline.errors import ConfigError
 
-_EDGE = 1e-6  # a pixel exactly on a window's edge belongs to it
+_SPREAD_FLOOR = 1e-6  # a teacher whose mapped features do not vary at all gives no target to standardise by
 
 
-def grid_positions(height: int, width: int, extent: float = 1.0) -> torch.Tensor:
-    """(height*width, 2) (y, x) centres of a feature map's pixels, in face coordinates [0, 1].
+class FacialQueries(nn.Module):
+    """The L learnable queries on a grid x grid lattice, and the bucket table P of the facial positional bias."""
 
-    `extent` is the fraction of the face side the grid spans from the top-left corner (arcface_torch's patch-9 ViT
-    tiles only 108 of 112 pixels: extent 108/112).
-    """
-    ys = (torch.arange(height, dtype=torch.float32) + 0.5) / height * extent
-    xs = (torch.arange(width, dtype=torch.float32) + 0.5) / width * extent
-    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([yy.reshape(-1), xx.reshape(-1)], dim=1)
-
-
-class LocalCentres(nn.Module):
-    """The K = grid^2 local centres (learnable queries) and the facial positional encoding both networks share."""
-
-    def __init__(self, grid: int, attn_dim: int, region: float, encoding_resolution: int = 14):
+    def __init__(self, grid: int, attn_dim: int, gamma: float, face_radius: float, irpe_alpha: float, irpe_beta: float, irpe_gamma: float):
         super().__init__()
-        if grid < 1 or attn_dim < 1 or encoding_resolution < 1:
-            raise ConfigError(f"urfm: grid, attn_dim and encoding_resolution must be >= 1, got {grid}, {attn_dim}, {encoding_resolution}")
-        if not 0 < region <= 1:
-            raise ConfigError(f"urfm: region is a fraction of the face side in (0, 1], got {region}")
-        self.grid, self.region = grid, region
+        if grid < 1 or attn_dim < 1:
+            raise ConfigError(f"urfm: grid and attn_dim must be >= 1, got {grid}, {attn_dim}")
+        if gamma < 0 or face_radius <= 0:
+            raise ConfigError(f"urfm: gamma must be >= 0 and face_radius > 0, got {gamma}, {face_radius}")
+        self.grid, self.gamma, self.face_radius = grid, gamma, face_radius
+        self.irpe = (irpe_alpha, irpe_beta, irpe_gamma)
+        self.prompt_bucket = bucket_count(irpe_beta)  # the one bucket of every position-free (prompt) token
         self.queries = nn.Parameter(torch.empty(grid * grid, attn_dim))
-        self.face_encoding = nn.Parameter(torch.empty(1, attn_dim, encoding_resolution, encoding_resolution))
+        self.buckets = nn.Parameter(torch.empty(self.prompt_bucket + 1, attn_dim))
         nn.init.trunc_normal_(self.queries, std=0.02)
-        nn.init.trunc_normal_(self.face_encoding, std=0.02)
-        self.register_buffer("positions", grid_positions(grid, grid), persistent=False)
+        nn.init.trunc_normal_(self.buckets, std=0.02)
+        self.register_buffer("anchors", grid_positions(grid, grid), persistent=False)
 
-    def encode(self, positions: torch.Tensor) -> torch.Tensor:
-        """FPE at (P, 2) face positions -> (P, attn_dim), bilinear between the encoding's cells."""
-        sample_at = (positions[:, [1, 0]] * 2 - 1).view(1, 1, -1, 2)  # grid_sample wants (x, y) in [-1, 1]
-        encoded = F.grid_sample(self.face_encoding, sample_at, mode="bilinear", padding_mode="border", align_corners=False)
-        return encoded[0, :, 0].transpose(0, 1)
+    def bucket_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """(L, P) bucket index of each (query anchor, pixel) pair."""
+        alpha, beta, irpe_gamma = self.irpe
+        return bucket_ids(self.anchors, positions, self.gamma, alpha, beta, irpe_gamma, self.face_radius)
 
-    def region_mask(self, positions: torch.Tensor) -> torch.Tensor:
-        """(K, P) True where pixel p lies in centre k's window."""
-        offsets = (self.positions[:, None, :] - positions[None, :, :]).abs()
-        return (offsets <= self.region / 2 + _EDGE).all(dim=2)
+    def bias(self, bucket_index: torch.Tensor) -> torch.Tensor:
+        """(L, P, d) b_lj = P[bucket]: pairs in one bucket get one bias."""
+        return self.buckets[bucket_index]
 
-    def query_vectors(self) -> torch.Tensor:
-        return self.queries + self.encode(self.positions)
+    def logits(self, keys: torch.Tensor, bucket_index: torch.Tensor) -> torch.Tensor:
+        """(B, L, P) e_lj = (q_l + b_lj) k_j / sqrt(d), without forming the (L, P, d) biases."""
+        content = torch.einsum("ld,bpd->blp", self.queries, keys)
+        per_bucket = torch.einsum("bpd,md->bpm", keys, self.buckets)  # k_j . P_m for every bucket m
+        positional = per_bucket.gather(2, bucket_index.t().unsqueeze(0).expand(keys.shape[0], -1, -1)).transpose(1, 2)
+        return (content + positional) / math.sqrt(self.queries.shape[1])
 
 
-class ReceptiveFieldMapper(nn.Module):
-    """One network's (B, P, C) pixel features on an (h, w) grid -> (B, K, width) local features, one per centre."""
+class PixelMapper(nn.Module):
+    """One network's (B, N, C) pixel features (plus optional position-free prompt tokens) -> attention over them
+    (B, L, N + t) and L local features (B, L, width)."""
 
-    def __init__(self, centres: LocalCentres, in_channels: int, grid_hw: tuple[int, int], value: nn.Module, attn_dim: int, name: str,
+    def __init__(self, queries: FacialQueries, in_channels: int, grid_hw: tuple[int, int], value: nn.Module, attn_dim: int, name: str,
                  extent: float = 1.0):
         super().__init__()
-        height, width = grid_hw
-        positions = grid_positions(height, width, extent)
-        mask = centres.region_mask(positions)
-        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-        if empty:
-            raise ConfigError(
-                f"urfm: {name}'s {height}x{width} map has no pixel inside the region of local centre(s) {empty[:5]} "
-                f"(region {centres.region:.3f} of the face side, {centres.grid}x{centres.grid} centres); use a larger region or fewer centres"
-            )
-        self.key = nn.Linear(in_channels, attn_dim)
-        self.value = value
-        self.in_channels, self.grid_hw, self.name = in_channels, (height, width), name
-        self.register_buffer("positions", positions, persistent=False)
-        self.register_buffer("mask", mask, persistent=False)
+        self.key, self.value = nn.Linear(in_channels, attn_dim), value
+        self.in_channels, self.grid_hw, self.extent, self.name = in_channels, grid_hw, extent, name
+        self.register_buffer("positions", grid_positions(*grid_hw, extent), persistent=False)
+        self.register_buffer("pixel_buckets", queries.bucket_ids(self.positions), persistent=False)
 
-    def forward(self, features: torch.Tensor, centres: LocalCentres) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, queries: FacialQueries, prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         expected = (self.grid_hw[0] * self.grid_hw[1], self.in_channels)
         if features.dim() != 3 or tuple(features.shape[1:]) != expected:
             raise ValueError(f"urfm: {self.name} features are {tuple(features.shape)}, built for (B, {expected[0]}, {expected[1]})")
-        keys = self.key(features) + centres.encode(self.positions)
-        queries = centres.query_vectors()
-        scores = torch.einsum("kd,bpd->bkp", queries, keys) / math.sqrt(queries.shape[1])
-        weights = scores.masked_fill(~self.mask, float("-inf")).softmax(dim=-1)
-        return weights @ self.value(features)
+        buckets = self.pixel_buckets
+        if prompts is not None:
+            features = torch.cat([features, prompts], dim=1)
+            prompt_buckets = torch.full((len(buckets), prompts.shape[1]), queries.prompt_bucket, dtype=buckets.dtype, device=buckets.device)
+            buckets = torch.cat([buckets, prompt_buckets], dim=1)
+        attention = queries.logits(self.key(features), buckets).softmax(dim=-1)
+        return attention, attention @ self.value(features)
 
 
-class FixedProjection(nn.Module):
-    """A random orthogonal projection kept fixed (a buffer): narrows the teacher's tokens without being trainable."""
+class ResidualSelfAttention(nn.Module):
+    """MSA over the L local features: h + A(h) h per head, A from learnable query/key projections, values the
+    features themselves (no value/output projection that could map every input to one constant)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, width: int, attn_dim: int, num_heads: int):
         super().__init__()
-        self.register_buffer("weight", nn.init.orthogonal_(torch.empty(out_channels, in_channels)))
+        if num_heads < 1 or width % num_heads or attn_dim % num_heads:
+            raise ConfigError(f"urfm: num_heads {num_heads} must divide both the mapped width {width} and attn_dim {attn_dim}")
+        self.num_heads = num_heads
+        self.query, self.key = nn.Linear(width, attn_dim), nn.Linear(width, attn_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def forward(self, local: torch.Tensor) -> torch.Tensor:
+        batch, count, width = local.shape
+        heads = self.num_heads
+        q = self.query(local).reshape(batch, count, heads, -1).transpose(1, 2)
+        k = self.key(local).reshape(batch, count, heads, -1).transpose(1, 2)
+        v = local.reshape(batch, count, heads, width // heads).transpose(1, 2)
+        mixed = F.scaled_dot_product_attention(q, k, v)
+        return local + mixed.transpose(1, 2).reshape(batch, count, width)
 
 
 @register_loss("urfm")
 class URFMLoss(DistillLoss):
-    """Align the teacher's and the student's local features of unified receptive fields (see the module docstring).
+    """The published URFM term (module docstring): L_feat + attention_weight * L_attn.
 
     `student_shape` is the student tap's (C, H, W); `teacher_shape` the teacher tap's (grid_h, grid_w, C);
-    `teacher_extent` the fraction of the face side the teacher's patch grid covers (see `grid_positions`).
+    `teacher_extent` the fraction of the face side the teacher's grid covers (see `grid_positions`).
     """
 
     requires = frozenset({TEACHER_TOKENS, STUDENT_FEATURES})
@@ -146,15 +150,22 @@ class URFMLoss(DistillLoss):
         teacher_shape: tuple[int, int, int],
         grid: int = 7,
         attn_dim: int = 64,
-        region: float | None = None,
         dim: int | None = None,
-        encoding_resolution: int = 14,
+        num_heads: int = 4,
+        gamma: float = 1.0,
+        face_radius: float = 0.15,
+        irpe_alpha: float = 3.8,
+        irpe_beta: float = 7.6,
+        irpe_gamma: float = 30.4,
+        attention_weight: float = 1.0,
         teacher_extent: float = 1.0,
     ):
         super().__init__()
         for label, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
             if len(shape) != 3 or min(int(v) for v in shape) < 1:
                 raise ConfigError(f"urfm: {label} must be three positive sizes, got {tuple(shape)}")
+        if attention_weight < 0:
+            raise ConfigError(f"urfm: attention_weight must be >= 0, got {attention_weight}")
         student_channels, student_h, student_w = (int(v) for v in student_shape)
         teacher_h, teacher_w, teacher_channels = (int(v) for v in teacher_shape)
         width = teacher_channels if dim is None else int(dim)
@@ -162,31 +173,66 @@ class URFMLoss(DistillLoss):
             raise ConfigError(f"urfm: dim must be between 1 and the teacher's width {teacher_channels}, got {dim}")
         self.student_taps, self.teacher_taps = (student_tap,), (teacher_tap,)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
-        self.centres = LocalCentres(grid, attn_dim, 2.0 / grid if region is None else float(region), encoding_resolution)
+        self.attention_weight = float(attention_weight)
+        self.queries = FacialQueries(grid, attn_dim, gamma, face_radius, irpe_alpha, irpe_beta, irpe_gamma)
         teacher_value = nn.Identity() if width == teacher_channels else FixedProjection(teacher_channels, width)
-        self.teacher_map = ReceptiveFieldMapper(
-            self.centres, teacher_channels, (teacher_h, teacher_w), teacher_value, attn_dim, f"teacher tap {teacher_tap!r}", teacher_extent
-        )
-        self.student_map = ReceptiveFieldMapper(
-            self.centres, student_channels, (student_h, student_w), nn.Linear(student_channels, width), attn_dim, f"student tap {student_tap!r}"
-        )
+        self.teacher_map = PixelMapper(self.queries, teacher_channels, (teacher_h, teacher_w), teacher_value, attn_dim,
+                                       f"teacher tap {teacher_tap!r}", teacher_extent)
+        self.student_map = PixelMapper(self.queries, student_channels, (student_h, student_w),
+                                       nn.Linear(student_channels, width, bias=False), attn_dim, f"student tap {student_tap!r}")
+        self.self_attention = ResidualSelfAttention(width, attn_dim, num_heads)
+        # where the student's pixel centres fall in the teacher's grid, in grid_sample's [-1, 1] (x, y) coordinates
+        on_teacher = self.student_map.positions / teacher_extent * 2 - 1
+        self.register_buffer("student_on_teacher", on_teacher[:, [1, 0]].view(1, 1, -1, 2), persistent=False)
 
     @classmethod
-    def from_context(cls, context: LossContext, student_tap: str = "stages.2", teacher_tap: str = "blocks.5", **args: Any) -> URFMLoss:
+    def from_context(cls, context: LossContext, student_tap: str | None = None, teacher_tap: str | None = None, **args: Any) -> URFMLoss:
+        """Taps default to matching depth: the student's last feature stage and the teacher's last token map."""
+        student_tap = student_tap or last_tap(context.student_shapes, context.student_description, "feature")
+        teacher_tap = teacher_tap or last_tap(context.teacher_shapes, context.teacher_description, "token")
         args.setdefault("teacher_extent", context.teacher_extent(teacher_tap))
         return cls(student_tap, teacher_tap, context.student_shape(student_tap), context.teacher_shape(teacher_tap), **args)
 
-    def map_teacher(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, h*w, C) patch tokens -> (B, K, width) local features."""
-        return self.teacher_map(F.layer_norm(tokens, tokens.shape[-1:]), self.centres)
+    def map_teacher(self, tokens: torch.Tensor, prompts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, h*w, C) patch tokens and optional (B, t, C) prompt outputs -> (attention (B, L, h*w + t), h_T (B, L, width))."""
+        normalise = lambda t: F.layer_norm(t, t.shape[-1:])  # noqa: E731
+        return self.teacher_map(normalise(tokens), self.queries, None if prompts is None else normalise(prompts))
 
-    def map_student(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) feature map -> (B, K, width) local features."""
+    def map_student(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, H, W) feature map -> (attention (B, L, H*W), h_S (B, L, width))."""
         if features.dim() != 4:
             raise ValueError(f"urfm: student features must be (B, C, H, W), got {tuple(features.shape)}")
-        return self.student_map(features.flatten(2).transpose(1, 2), self.centres)
+        return self.student_map(features.flatten(2).transpose(1, 2), self.queries)
+
+    def attention_loss(self, teacher_attention: torch.Tensor, student_attention: torch.Tensor) -> torch.Tensor:
+        """MSE of the two attention maps as densities on the student's grid (prompt columns left out)."""
+        batch, count, _ = student_attention.shape
+        teacher_h, teacher_w = self.teacher_map.grid_hw
+        patches = teacher_attention[..., : teacher_h * teacher_w] * (teacher_h * teacher_w)
+        sample_at = self.student_on_teacher.expand(batch * count, -1, -1, -1)
+        resampled = F.grid_sample(patches.reshape(batch * count, 1, teacher_h, teacher_w), sample_at, mode="bilinear",
+                                  padding_mode="border", align_corners=False).view(batch, count, -1)
+        return F.mse_loss(resampled, student_attention * student_attention.shape[-1])
+
+    def feature_loss(self, teacher_local: torch.Tensor, student_local: torch.Tensor) -> torch.Tensor:
+        """MSE(MSA(h_T), MSA(h_S)) relative to the teacher's spread over batch and queries (>= 1 for a constant student)."""
+        teacher, student = self.self_attention(teacher_local), self.self_attention(student_local)
+        spread = teacher.detach().flatten(0, 1).var(dim=0, unbiased=False).mean().clamp(min=_SPREAD_FLOOR)
+        return F.mse_loss(student, teacher) / spread
+
+    def terms(self, inputs: DistillInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_attn, L_feat) for one batch."""
+        teacher_attention, teacher_local = self.map_teacher(inputs.teacher_tokens[self.teacher_tap], inputs.teacher_prompts.get(self.teacher_tap))
+        student_attention, student_local = self.map_student(inputs.student_features[self.student_tap])
+        return self.attention_loss(teacher_attention, student_attention), self.feature_loss(teacher_local, student_local)
 
     def forward(self, inputs: DistillInputs) -> torch.Tensor:
-        student = self.map_student(inputs.student_features[self.student_tap])
-        teacher = self.map_teacher(inputs.teacher_tokens[self.teacher_tap])
-        return unit_distance(student, teacher)
+        attention, feature = self.terms(inputs)
+        return feature + self.attention_weight * attention
+
+
+def last_tap(shapes: dict[str, tuple[int, int, int]], description: str, kind: str) -> str:
+    """The deepest tap of a network (taps are listed shallow to deep)."""
+    if not shapes:
+        raise ConfigError(f"urfm: {description} has no {kind} taps to map")
+    return list(shapes)[-1]

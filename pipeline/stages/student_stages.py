@@ -69,9 +69,7 @@ def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict
     losses = build_losses(objective, loss_context(student, config.data.image_size, teacher_model, teacher_head), job.seed)
     teacher: TeacherSignals | PromptedTeacher | FrozenTeacher | None = None
     optim = config.distill.optim
-    if objective.apt is not None:
-        if teacher_head is None:
-            raise ConfigError(f"APT keeps the teacher's margin loss, which needs {TEACHER_HEAD_FILE} from a trained teacher stage")
+    if objective.apt is not None:  # PromptedTeacher refuses a teacher without tokens, or a kept margin loss without a head
         apt = objective.apt
         teacher = PromptedTeacher(teacher_model, teacher_head, apt.num_prompts, apt.blocks, apt.teacher_margin_weight)
     elif any(reads_teacher(loss) for loss in losses) and teacher_model is not None:
