@@ -86,7 +86,7 @@ def plot_pareto(rows: list[dict], path: Path, accuracy_label: str) -> Path:
         line = sorted((r for r in timed if r["precision"] == precision), key=lambda r: r["p50_ms"])
         axes.plot([r["p50_ms"] for r in line], [r["accuracy"] for r in line], marker=markers.get(precision, "o"), color=f"C{number}",
                   label=f"ncnn {precision}", alpha=0.85)
-        for r in line:
+        for r in line if number == 0 else ():  # each student named once, on the first precision's line
             axes.annotate(r["student"], (r["p50_ms"], r["accuracy"]), fontsize=8, xytext=(4, -10), textcoords="offset points")
     return _finish(figure, axes, path, f"ncnn p50 latency, batch 1, {timed[0]['threads'] if timed else 1} thread(s) (ms)",
                    accuracy_label, "Accuracy against latency: students of several sizes, one teacher")
