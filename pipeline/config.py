@@ -489,7 +489,7 @@ def _with_sources(problems: list[tuple[str, str]], path: Path, overrides: dict[s
 
 def _override_text(dotted: str, value: Any) -> str:
     """The command-line text an override came from, as the user would have typed it."""
-    shown = value if isinstance(value, str) else json.dumps(value)
+    shown = value if isinstance(value, str) and value.isprintable() else json.dumps(value)  # one line, always
     return f"--set {dotted}={shown}"
 
 

@@ -158,7 +158,8 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
                                  | st.sampled_from(["seed.x", "data.image_size.y", "teacher.optim.lr", "distill.losses.0"]),
                                  json_values, max_size=3))
 def test_config_overrides_fail_only_with_config_error(overrides: dict) -> None:
-    """`--set KEY=VALUE` is outside input too: any key and any JSON value validates or is a ConfigError."""
+    """`--set KEY=VALUE` is outside input too: any key and any JSON value validates or is a ConfigError naming its
+    source, the profile or the `--set` that caused it."""
     path = CONFIG_DIR / "tiny.yaml"
-    only_project_errors(lambda: load_config(path, overrides), ConfigError, path)
+    only_project_errors(lambda: load_config(path, overrides), ConfigError, path, *(f"--set {key}=" for key in overrides))
 
