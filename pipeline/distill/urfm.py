@@ -44,7 +44,7 @@ from torch import nn
 
 from pipeline.distill.face_geometry import bucket_count, bucket_ids, grid_positions
 from pipeline.distill.losses import STUDENT_FEATURES, TEACHER_TOKENS, DistillInputs, DistillLoss, LossContext, register_loss
-from pipeline.distill.urfm_local import FixedProjection
+from pipeline.distill.urfm_local import FixedProjection, checked_tap_sizes
 from pipeline.errors import ConfigError
 
 _SPREAD_FLOOR = 1e-6  # a teacher whose mapped features do not vary at all gives no target to standardise by
@@ -161,16 +161,10 @@ class URFMLoss(DistillLoss):
         teacher_extent: float = 1.0,
     ):
         super().__init__()
-        for label, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
-            if len(shape) != 3 or min(int(v) for v in shape) < 1:
-                raise ConfigError(f"urfm: {label} must be three positive sizes, got {tuple(shape)}")
+        (student_channels, student_h, student_w), (teacher_h, teacher_w, teacher_channels), width = checked_tap_sizes(
+            "urfm", student_shape, teacher_shape, dim)
         if attention_weight < 0:
             raise ConfigError(f"urfm: attention_weight must be >= 0, got {attention_weight}")
-        student_channels, student_h, student_w = (int(v) for v in student_shape)
-        teacher_h, teacher_w, teacher_channels = (int(v) for v in teacher_shape)
-        width = teacher_channels if dim is None else int(dim)
-        if not 1 <= width <= teacher_channels:
-            raise ConfigError(f"urfm: dim must be between 1 and the teacher's width {teacher_channels}, got {dim}")
         self.student_taps, self.teacher_taps = (student_tap,), (teacher_tap,)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.attention_weight = float(attention_weight)

@@ -121,6 +121,21 @@ class FixedProjection(nn.Module):
         return F.linear(x, self.weight)
 
 
+def checked_tap_sizes(loss: str, student_shape: tuple[int, int, int], teacher_shape: tuple[int, int, int],
+                      dim: int | None) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    """The student tap's (C, H, W), the teacher tap's (H, W, C) and the mapped width (`dim`, default the teacher's),
+    checked, so that a URFM term sized wrongly is a one-line config error naming the loss."""
+    for label, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
+        if len(shape) != 3 or min(int(v) for v in shape) < 1:
+            raise ConfigError(f"{loss}: {label} must be three positive sizes, got {tuple(shape)}")
+    student = tuple(int(v) for v in student_shape)
+    teacher = tuple(int(v) for v in teacher_shape)
+    width = teacher[2] if dim is None else int(dim)
+    if not 1 <= width <= teacher[2]:
+        raise ConfigError(f"{loss}: dim must be between 1 and the teacher's width {teacher[2]}, got {dim}")
+    return student, teacher, width  # type: ignore[return-value]
+
+
 @register_loss("urfm_local")
 class LocalURFMLoss(DistillLoss):
     """Align the teacher's and the student's local features of unified receptive fields (see the module docstring).
@@ -146,14 +161,8 @@ class LocalURFMLoss(DistillLoss):
         teacher_extent: float = 1.0,
     ):
         super().__init__()
-        for label, shape in (("student_shape", student_shape), ("teacher_shape", teacher_shape)):
-            if len(shape) != 3 or min(int(v) for v in shape) < 1:
-                raise ConfigError(f"urfm_local: {label} must be three positive sizes, got {tuple(shape)}")
-        student_channels, student_h, student_w = (int(v) for v in student_shape)
-        teacher_h, teacher_w, teacher_channels = (int(v) for v in teacher_shape)
-        width = teacher_channels if dim is None else int(dim)
-        if not 1 <= width <= teacher_channels:
-            raise ConfigError(f"urfm_local: dim must be between 1 and the teacher's width {teacher_channels}, got {dim}")
+        (student_channels, student_h, student_w), (teacher_h, teacher_w, teacher_channels), width = checked_tap_sizes(
+            "urfm_local", student_shape, teacher_shape, dim)
         self.student_taps, self.teacher_taps = (student_tap,), (teacher_tap,)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.centres = LocalCentres(grid, attn_dim, 2.0 / grid if region is None else float(region), encoding_resolution)
