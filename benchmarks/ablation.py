@@ -29,7 +29,7 @@ from pipeline.artifacts import sha256_json, write_json_atomic, write_text_atomic
 from pipeline.config import DistillVariant, RunConfig, load_config, profile_path
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_verification_sets
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.verification import evaluate_verification, far_key
 from pipeline.models.saved import load_model
 from pipeline.stages.common import run_preprocess_spec
@@ -55,6 +55,14 @@ def score_model(model, config: RunConfig, verification_sets: list[VerificationPa
         scores[pairs.name] = {"accuracy": result.accuracy, "accuracy_std_folds": result.accuracy_std, "auc": result.auc,
                               "tar_at_far": result.tar_at_far, "num_pairs": result.num_pairs}
     return scores
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2]; anything else is a one-line ConfigError naming the option."""
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. --seeds 0,1,2") from None
 
 
 def variants_of(config: RunConfig, names: list[str] | None) -> dict[str, DistillVariant]:
@@ -259,7 +267,8 @@ def ablation_markdown(document: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import configure_logging, parse_overrides
+    """Exit status: 0 ok (or skipped: the profile's real data is absent), 2 bad input, as `python -m pipeline`."""
+    from pipeline.cli import configure_logging, one_line, parse_overrides
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ablation", help="configs/<name>.yaml or a path (default: ablation)")
@@ -270,17 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging()
     try:
+        seeds = parse_seeds(args.seeds) if args.seeds else None
+        variant_names = args.variants.split(",") if args.variants else None
         config = load_config(profile_path(args.profile), parse_overrides(args.overrides))
+        variants_of(config, variant_names)  # a mistyped variant stops here, before any data is checked or trained
         needed = [config.data.train_path, *(entry.path for entry in config.data.verification)]
         absent = [path for path in needed if path is not None and not Path(path).exists()]
         if absent:
             print(f"ablation skipped: {absent[0]} not found (profile {args.profile}; real data lives in ../shared/data)")
             return 0
-        document = run_ablation(config, args.runs_dir, args.variants.split(",") if args.variants else None,
-                                [int(s) for s in args.seeds.split(",")] if args.seeds else None)
+        document = run_ablation(config, args.runs_dir, variant_names, seeds)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
     print(ablation_markdown(document))
     print(f"wrote {args.runs_dir / config.run_name / ABLATION_DIR / 'ablation.md'} and ablation.json")
     return 0

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from pipeline.config import RunConfig
+from pipeline.data.recordio import FOLDER_REC_NAME
 from pipeline.data.real_data import PATH_PLACEHOLDERS
 from pipeline.errors import DataError
 
@@ -23,11 +24,13 @@ def configured_input_paths(config: RunConfig) -> list[tuple[str, str]]:
 
 
 def configured_inputs(config: RunConfig) -> list[tuple[str, str, str]]:
-    """(what it is, path, "file" or "folder") of every input the config names."""
+    """(what it is, path, "file", "folder" or "recordio") of every input the config names; "recordio" is a .rec file
+    or a folder holding train.rec (insightface's `cfg.rec`)."""
     data = config.data
     sources = [(data.source, data.train_path)] if data.source != "synthetic" else []
     sources += [(extra.kind, extra.path) for extra in data.extra_sources if extra.path]
-    inputs = [("RecordIO file", path, "file") if kind == "recordio" else ("dataset folder", path, "folder") for kind, path in sources]
+    inputs = [("RecordIO file", path, "recordio") if kind == "recordio" else ("dataset folder", path, "folder")
+              for kind, path in sources]
     for entry in data.verification:
         inputs += [("verification set", entry.path, "file"), ("verification image folder", entry.image_root, "folder")]
     inputs += [("teacher checkpoint", config.teacher.checkpoint, "file")]
@@ -44,7 +47,10 @@ def check_input_paths(config: RunConfig) -> None:
             raise DataError(path, f"{what} is a folder, not a file")
         if kind == "folder" and not Path(path).is_dir():
             raise DataError(path, f"{what} is a file, not a folder")
-        if not os.access(path, os.R_OK | (os.X_OK if kind == "folder" else 0)):
+        if kind == "recordio" and Path(path).is_dir() and not (Path(path) / FOLDER_REC_NAME).is_file():
+            raise DataError(path, f"is a folder without {FOLDER_REC_NAME}: a RecordIO source is a .rec file or a folder "
+                                  f"holding {FOLDER_REC_NAME} and train.idx (insightface's cfg.rec)")
+        if not os.access(path, os.R_OK | (os.X_OK if Path(path).is_dir() else 0)):
             raise DataError(path, f"{what} cannot be read (permission denied)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 
 import pytest
@@ -77,3 +78,18 @@ def test_tiny_ablation_writes_the_table_and_reuses_finished_trainings(tmp_path):
     assert partial["rows"] == first["rows"] and len(partial["results"]) == 4
     header, rows = ablation_table(ablation_dir)
     assert len(rows) == 3 and header[0] == "variant"
+
+
+@pytest.mark.parametrize(("arguments", "error"), [
+    (["--profile", "no_such_profile"], r"^error: .*no_such_profile\.yaml: config file not found$"),
+    (["--variants", "embedding_kd,urfm_typo"], r"^error: unknown variant\(s\) urfm_typo; the profile has: no_kd, "),
+    (["--seeds", "0,one"], r"^error: --seeds '0,one': expected comma-separated integers, e.g. --seeds 0,1,2$"),
+])
+def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, capsys, arguments, error):
+    """Issue 21: every other tool exits 2 on bad input; the ablation exited 1 (and a bad --seeds was a traceback)."""
+    from benchmarks.ablation import main
+
+    assert main(["--runs-dir", str(tmp_path), *arguments]) == 2
+    printed = capsys.readouterr()
+    assert re.match(error, printed.err.strip()) and "\n" not in printed.err.strip(), printed.err
+    assert printed.out == "" and not any(tmp_path.iterdir())  # nothing ran, nothing written

@@ -235,3 +235,88 @@ def test_dlib_target_matches_insightface_aligned_crops():
     offset_target = np.abs(mean - DLIB68_FIVE_POINTS_ON_ARCFACE_112).mean()
     offset_template = np.abs(mean - ARCFACE_TEMPLATE_112).mean()
     assert offset_target < 1.2 and offset_target < offset_template, (offset_target, offset_template)
+
+
+def test_align_folder_says_what_it_does_and_logs_progress_without_a_terminal(raw_photos, tmp_path, caplog, monkeypatch):
+    """Issue 21: a folder of large photos printed nothing until the end. Under pytest there is no terminal, so tqdm's
+    bar is off and progress comes as log lines (every `PROGRESS_LOG_S`; here every photo)."""
+    from pipeline.align import folder
+
+    src, marks, _ = raw_photos
+    monkeypatch.setattr(folder, "PROGRESS_LOG_S", 0.0)
+    with caplog.at_level("INFO", logger="pipeline.align.folder"):
+        align_folder(src, tmp_path / "aligned", landmarks_file_source(read_landmarks_file(marks)), "test")
+    assert f"aligning 7 photos from {src} into {tmp_path / 'aligned'} (test)" in caplog.text
+    assert "aligning: 6 of 7 photos done, 4 faces aligned" in caplog.text
+
+
+class _Box:
+    """The interface of a dlib rectangle that `DlibFaceLandmarker.face_boxes` uses."""
+
+    def __init__(self, left: int, top: int, right: int, bottom: int):
+        self.edges = (left, top, right, bottom)
+
+    def left(self) -> int:
+        return self.edges[0]
+
+    def top(self) -> int:
+        return self.edges[1]
+
+    def right(self) -> int:
+        return self.edges[2]
+
+    def bottom(self) -> int:
+        return self.edges[3]
+
+
+def test_large_photos_are_searched_on_a_downscaled_copy_and_boxes_mapped_back():
+    """Without dlib: a stand-in detector finds the bright square in whatever image it is given; on a 4000x3000 photo it
+    must be given a copy at most 1024 px long, and the box it finds there must come back in the photo's pixels."""
+    from pipeline.align.detector import DETECT_MAX_SIDE, DlibFaceLandmarker
+
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    photo[1200:1800, 2100:2700] = 255  # the "face": columns 2100..2699, rows 1200..1799
+    searched_shapes = []
+
+    def detect(image: np.ndarray, upsample: int) -> list[_Box]:
+        searched_shapes.append(image.shape[:2])
+        rows, cols = np.nonzero(image[..., 0] > 127)
+        return [_Box(cols.min(), rows.min(), cols.max(), rows.max())]
+
+    landmarker = object.__new__(DlibFaceLandmarker)  # no dlib: only the detector is stood in for
+    landmarker._detect, landmarker.upsample, landmarker.detect_max_side = detect, 1, DETECT_MAX_SIDE
+    (box,) = landmarker.face_boxes(photo)
+    assert searched_shapes == [(768, 1024)]
+    np.testing.assert_allclose(box.edges, (2100, 1200, 2699, 1799), atol=4)  # one pixel of the copy is ~4 of the photo
+    landmarker.detect_max_side = None
+    assert landmarker.face_boxes(photo)[0].edges == (2100, 1200, 2699, 1799) and searched_shapes[-1] == (3000, 4000)
+    small = photo[::4, ::4]  # 1000 px: searched as it is
+    landmarker.detect_max_side = DETECT_MAX_SIDE
+    assert landmarker.face_boxes(small)[0].edges == (525, 300, 674, 449) and searched_shapes[-1] == (750, 1000)
+
+
+@needs_extra
+@needs_real
+def test_landmarks_from_the_downscaled_search_match_the_full_photo_search():
+    """A real face (Yale, 320x243) enlarged to 2048 px: the face found on the 1024-px copy, its landmarks placed at full
+    resolution, lands within a few pixels of where searching the full photo puts them."""
+    from pipeline.align.detector import DlibFaceLandmarker
+
+    small = read_face(REAL_ROOT / "yale" / "subject02.normal", size=None)
+    photo = cv2.resize(small, (2048, round(2048 * small.shape[0] / small.shape[1])), interpolation=cv2.INTER_CUBIC)
+    downscaled = DlibFaceLandmarker(detect_max_side=1024)
+    searched = []
+    detect = downscaled._detect
+    downscaled._detect = lambda image, upsample: searched.append(image.shape[:2]) or detect(image, upsample)
+    fast, faces_fast = downscaled.landmarks(photo)
+    full, faces_full = DlibFaceLandmarker(detect_max_side=None).landmarks(photo)
+    assert searched == [(778, 1024)] and faces_fast == faces_full == 1
+    eye_distance = np.linalg.norm(full[1] - full[0])
+    assert eye_distance > 300  # the face really is large: the check is at the photo's full resolution
+    assert np.abs(fast - full).max() < 5, (fast, full)  # measured 2.5 px (inter-ocular 355 px)
+
+
+def test_a_negative_detect_max_side_is_one_line(tmp_path, capsys):
+    (tmp_path / "p" / "x").mkdir(parents=True)
+    assert main(["align", str(tmp_path / "p"), str(tmp_path / "out"), "--detect-max-side", "-5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --detect-max-side -5: must be a pixel count, or 0 to search the full photo"

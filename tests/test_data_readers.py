@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -461,6 +462,84 @@ def test_recordio_multi_label_records_use_the_first_label(tmp_path: Path) -> Non
     ]
     write_records(tmp_path / "m.rec", tmp_path / "m.idx", payloads)
     assert load_recordio(tmp_path / "m.rec").labels.tolist() == [1, 0]
+
+
+def test_plain_im2rec_file_whose_record_0_has_several_labels_keeps_every_image(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 21: record 0 labelled [3, 5] (integers, as an insightface header's are) was taken for the header, so only
+    records 1..2 were read and the rest silently dropped. Record 0 holds an image: it is a plain file."""
+    payloads = [
+        pack_record(IRHeader(0, np.array([label, label + 2]), key, 0), encode_face(synthetic_face(key), ".png"))
+        for key, label in enumerate([3, 1, 3, 2, 1, 2])
+    ]
+    write_records(tmp_path / "multi.rec", tmp_path / "multi.idx", payloads)
+    with caplog.at_level(logging.INFO, logger="pipeline.data.recordio"):
+        loaded = load_recordio(tmp_path / "multi.rec")
+    assert loaded.labels.tolist() == [2, 0, 2, 1, 0, 1]
+    assert "im2rec layout (record 0 has 2 labels and an image" in caplog.text and "6 image records of 6" in caplog.text
+    assert "read 6 images (0 unreadable records skipped)" in caplog.text
+
+
+def test_insightface_layout_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_recordio(tmp_path / "train.rec", tmp_path / "train.idx", synthetic_faces([0, 0, 1]), image_format=".png")
+    with caplog.at_level(logging.INFO, logger="pipeline.data.recordio"):
+        load_recordio(tmp_path / "train.rec")
+    assert "insightface layout (record 0 is the header: images 1..3, 2 identity records); 3 image records of 6" in caplog.text
+
+
+@pytest.mark.parametrize(("header", "extra_records", "problem"), [
+    ([40.0, 42.0], 0, r"its image records 1\.\.39 point past the index \(no record 6\)"),
+    ([4.0, 6.0], 3, r"the index holds records up to 8, past the header's end 6"),
+    ([4.5, 6.0], 0, r"labels 4\.5, 6 are not a range of records"),
+])
+def test_implausible_insightface_header_is_refused_naming_the_file(
+    tmp_path: Path, header: list[float], extra_records: int, problem: str
+) -> None:
+    """A header record (labels, no image) whose ranges do not fit the index: trusting it drops or invents records."""
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    write_recordio(rec, idx, synthetic_faces([0, 0, 1]), image_format=".png")
+    with RecordIOReader(rec) as reader:
+        payloads = [reader.read_payload(key) for key in reader.keys()]
+    payloads[0] = pack_record(IRHeader(2, np.array(header), 0, 0))
+    payloads += [pack_record(IRHeader(0, 0.0, 0, 0), encode_face(synthetic_face(9), ".png"))] * extra_records
+    write_records(rec, idx, payloads)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(rec))}: record 0 is an insightface header \(labels, no image\) "
+                                        rf"that does not fit train\.idx \(\d+ records, keys 0\.\.\d+\): {problem}") as raised:
+        load_recordio(rec)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_folder_holding_train_rec_is_read_as_insightface_cfg_rec(tmp_path: Path) -> None:
+    """insightface configs name the folder (`cfg.rec = "/train_tmp/ms1m-retinaface-t1"`), not the .rec in it."""
+    folder = tmp_path / "faces_emore"
+    folder.mkdir()
+    faces = synthetic_faces([0, 1, 1])
+    write_recordio(folder / "train.rec", folder / "train.idx", faces, image_format=".png")
+    assert np.array_equal(load_recordio(folder).images, faces.images)
+    (folder / "train.rec").rename(folder / "other.rec")
+    with pytest.raises(DataError) as raised:
+        load_recordio(folder)
+    assert str(raised.value) == (f"{folder}: RecordIO folder holds no train.rec (a folder given as a RecordIO source must "
+                                 "hold train.rec and train.idx, as insightface's cfg.rec does)")
+
+
+def test_a_recordio_folder_passes_the_input_check_and_is_fingerprinted_by_its_rec_and_idx(tmp_path: Path) -> None:
+    from pipeline.config import DataConfig, RunConfig
+    from pipeline.data.source_listing import data_source_paths
+    from pipeline.inputs import check_input_paths
+
+    folder = tmp_path / "faces_emore"
+    folder.mkdir()
+    write_recordio(folder / "train.rec", folder / "train.idx", synthetic_faces([0, 1]), image_format=".png")
+    config = RunConfig(data=DataConfig(source="recordio", train_path=str(folder)))
+    check_input_paths(config)  # was "RecordIO file is a folder, not a file"
+    assert data_source_paths(config.data) == [folder / "train.rec", folder / "train.idx"]
+    (folder / "train.rec").unlink()
+    with pytest.raises(DataError) as raised:
+        check_input_paths(config)
+    assert str(raised.value) == (f"{folder}: is a folder without train.rec: a RecordIO source is a .rec file or a folder "
+                                 "holding train.rec and train.idx (insightface's cfg.rec)")
 
 
 def test_payload_holding_the_magic_is_split_and_rejoined(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def test_mobilefacenet_matches_the_published_size():
 
 
 def test_mobilefacenet_rejects_bad_input_size():
-    with pytest.raises(ValueError, match="multiple of 16"):
+    with pytest.raises(ConfigError, match=r"^model mobilefacenet\(input_size=100\): .*multiple of 16"):
         create_model("mobilefacenet", input_size=100)
 
 
@@ -46,8 +46,30 @@ def test_vit_teacher_tokens_and_embedding(patch_size):
 
 
 def test_vit_teacher_rejects_patch_that_does_not_tile():
-    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+    with pytest.raises(ConfigError, match=r"^model vit_face_tiny\(patch_size=15\): .*not a multiple of patch_size"):
         create_model("vit_face_tiny", patch_size=15)
+
+
+def test_an_argument_the_builder_sets_itself_is_named_as_such_not_passed_twice():
+    """Issue 21: a profile's {depth: 6} reaching insightface_vit_t (which fixes depth) was `TypeError: got multiple
+    values for argument 'depth'`; it is a ConfigError that says the builder sets it."""
+    with pytest.raises(ConfigError, match=r"^model insightface_vit_t sets 'depth' itself .*; it takes: drop_path_rate, "
+                                          r"embedding_dim, mlp_ratio$"):
+        create_model("insightface_vit_t", depth=6)
+    with pytest.raises(ConfigError, match=r"^model vit_face_tiny sets 'width' itself"):
+        create_model("vit_face_tiny", width=256)
+
+
+def test_a_value_the_builder_refuses_is_one_line_exit_2_not_a_traceback(tmp_path, capsys):
+    from pipeline.cli import main
+
+    status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--until", "teacher",
+                   "--set", "teacher.model_args.patch_size=15", "--set", "data.synthetic.num_train_identities=2",
+                   "--set", "data.synthetic.images_per_identity=2", "--set", "data.synthetic.num_verification_identities=2",
+                   "--set", "data.synthetic.images_per_verification_identity=2", "--set", "data.synthetic.num_pairs=2"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert status == 2
+    assert error.startswith("error: model vit_face_tiny(depth=1, patch_size=15): ") and "not a multiple of patch_size" in error
 
 
 def test_margin_head_applies_margin_only_to_target_class():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline.align.detector import DETECT_MAX_SIDE
 from pipeline.align.folder import DEFAULT_IDENTITY_REGEX, REPORT_FILE, align_folder, landmarks_file_source
 from pipeline.align.transform import ARCFACE_TEMPLATE_112
+from pipeline.errors import ConfigError
 
 
 def add_align_parser(commands: argparse._SubParsersAction) -> None:
@@ -18,6 +20,9 @@ def add_align_parser(commands: argparse._SubParsersAction) -> None:
                                                       "no detector is used (and none need be installed)")
     align.add_argument("--detector", choices=["hog", "cnn"], default="hog", help="dlib face detector (cnn: slower, finds more)")
     align.add_argument("--upsample", type=int, default=1, help="times dlib upsamples the photo to find small faces")
+    align.add_argument("--detect-max-side", type=int, default=DETECT_MAX_SIDE, metavar="PIXELS",
+                       help="search faces on a copy of larger photos scaled down to this longest side (landmarks are still "
+                            "placed at full resolution); 0: search the full photo, slow on large ones")
     align.add_argument("--size", type=int, default=112, help="output crop size (the template scales with it)")
     align.add_argument("--identity-regex", default=DEFAULT_IDENTITY_REGEX,
                        help="for photos directly in SRC: the identity is this regex's first group (or match) in the file name")
@@ -33,8 +38,12 @@ def run_align(args: argparse.Namespace) -> int:
     else:
         from pipeline.align.detector import DlibFaceLandmarker
 
-        landmarker = DlibFaceLandmarker(args.detector, args.upsample)
-        source, described = (lambda relative, image: landmarker.landmarks(image)), f"dlib {args.detector} detector + 68-point landmarks"
+        if args.detect_max_side < 0:
+            raise ConfigError(f"--detect-max-side {args.detect_max_side}: must be a pixel count, or 0 to search the full photo")
+        landmarker = DlibFaceLandmarker(args.detector, args.upsample, args.detect_max_side)
+        searched = f"faces searched at <= {args.detect_max_side} px" if args.detect_max_side else "faces searched at full size"
+        source = lambda relative, image: landmarker.landmarks(image)  # noqa: E731
+        described = f"dlib {args.detector} detector ({searched}) + 68-point landmarks"
         target_112 = landmarker.target_112
     report = align_folder(args.src, args.dst, source, described, args.size, args.identity_regex, target_112)
     print(report.summary())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pipeline.errors import DataError
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "align_report.json"
+PROGRESS_LOG_S = 30.0  # without a terminal (tqdm's bar off: a log file, a pipe) a progress line this often
 DEFAULT_IDENTITY_REGEX = r"^[^.]+"
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"P2", b"P5", b"P3", b"P6", b"II*\x00", b"MM\x00*")
 
@@ -100,7 +102,13 @@ def align_folder(
     photos = list_photos(src, identity_regex, skip=dst.resolve())
     report = AlignReport(str(src), str(dst), landmarks_from, np.asarray(target_112).round(4).tolist())
     used_names: set[str] = set()
-    for relative, identity in tqdm(photos, desc="aligning", unit="photo", disable=None, leave=False):
+    log.info("aligning %d photos from %s into %s (%s)", len(photos), src, dst, landmarks_from)
+    progress = tqdm(photos, desc="aligning", unit="photo", disable=None)
+    last_line = time.monotonic()
+    for done, (relative, identity) in enumerate(progress):
+        if progress.disable and time.monotonic() - last_line >= PROGRESS_LOG_S:
+            log.info("aligning: %d of %d photos done, %d faces aligned", done, len(photos), len(report.aligned))
+            last_line = time.monotonic()
         try:
             image = read_face(src / relative, size=None)
         except UndecodableImage as error:

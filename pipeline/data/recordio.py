@@ -10,7 +10,11 @@ labels follow (and the float label field is unused), then the encoded image.
 
 insightface layout: record 0 is a header whose labels are [first identity record, end of identity records], so
 images are records 1 .. label[0]-1 (each labelled with its identity), then one record per identity holding its
-[start, end) image range. Files made by plain `im2rec` have no such header; then every record is an image.
+[start, end) image range. Files made by plain `im2rec` have no such header; then every record is an image. A plain
+file's record 0 may carry several labels too, so the header is told by what it lacks (an image) and checked against
+the index: a header whose ranges do not fit the index is refused rather than trusted to drop records.
+
+insightface's configs name a folder (`cfg.rec`) holding train.rec and train.idx; such a folder is taken as its train.rec.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import struct
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +48,7 @@ _FRAME = struct.Struct("<II")  # magic, lrecord
 _IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2: 24 bytes, as mxnet's native "IfQQ" on x86/ARM
 _LENGTH_BITS = 29
 _MAX_LENGTH = (1 << _LENGTH_BITS) - 1
+FOLDER_REC_NAME = "train.rec"  # what insightface's `cfg.rec` folder holds, beside train.idx
 
 
 class IRHeader(NamedTuple):
@@ -57,6 +62,23 @@ class IRHeader(NamedTuple):
 
 class CorruptRecord(DataError):
     """A record that cannot be read (bad magic, truncated, malformed header): loaders skip and count these."""
+
+
+class RecordLayout(NamedTuple):
+    """Which layout a .rec was read as, its image records, and why (logged, so a wrong guess shows)."""
+
+    kind: Literal["insightface", "im2rec"]
+    image_keys: list[int]
+    reason: str
+
+
+def recordio_paths(path: str | Path, idx_path: str | Path | None = None) -> tuple[Path, Path]:
+    """(the .rec, its .idx) for a .rec path or an insightface data folder (its train.rec); the index defaults to the
+    .rec's path with suffix .idx."""
+    rec_path = Path(path)
+    if rec_path.is_dir():
+        rec_path = rec_path / FOLDER_REC_NAME
+    return rec_path, Path(idx_path) if idx_path is not None else rec_path.with_suffix(".idx")
 
 
 def pack_record(header: IRHeader, image_bytes: bytes = b"") -> bytes:
@@ -100,12 +122,15 @@ def frame_record(payload: bytes) -> bytes:
 
 
 class RecordIOReader:
-    """Random access to the records of a .rec through its .idx (default: the .rec path with suffix .idx)."""
+    """Random access to the records of a .rec through its .idx (default: the .rec path with suffix .idx); `rec_path`
+    may be a folder holding train.rec and train.idx (insightface's `cfg.rec`)."""
 
     def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None) -> None:
-        self.rec_path = Path(rec_path)
-        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self.rec_path, self.idx_path = recordio_paths(rec_path, idx_path)
         if not self.rec_path.is_file():
+            if Path(rec_path).is_dir():
+                raise DataError(rec_path, f"RecordIO folder holds no {FOLDER_REC_NAME} (a folder given as a RecordIO source "
+                                          f"must hold {FOLDER_REC_NAME} and train.idx, as insightface's cfg.rec does)")
             raise DataError(self.rec_path, "RecordIO file does not exist")
         if not self.idx_path.is_file():
             raise DataError(
@@ -164,19 +189,40 @@ class RecordIOReader:
 
     def image_indices(self) -> list[int]:
         """Keys of image records: 1 .. header.label[0]-1 when record 0 is an insightface header, else all keys."""
+        return self.layout().image_keys
+
+    def layout(self) -> RecordLayout:
+        """insightface (record 0 a header: labels but no image, ranges that fit the index) or plain im2rec (every
+        record an image). A header whose ranges do not fit the index is a DataError naming the .rec: trusting it
+        would drop records, taking it for an image would train on a record that holds none."""
         if 0 not in self._offsets:
-            return list(self._keys)
-        header, _ = self.read_record(0)
+            return RecordLayout("im2rec", list(self._keys), "no record 0")
+        header, image_bytes = self.read_record(0)
         if header.flag < 2:
-            return list(self._keys)
+            return RecordLayout("im2rec", list(self._keys), "record 0 has a single label")
+        if image_bytes:
+            return RecordLayout("im2rec", list(self._keys), f"record 0 has {header.flag} labels and an image, so it is an image")
         first_identity_record, identity_end = (float(value) for value in header.label[:2])
-        looks_like_header = (
-            first_identity_record.is_integer()
-            and identity_end.is_integer()
-            and 1 <= first_identity_record <= identity_end
-            and first_identity_record - 1 <= len(self._keys)
-        )
-        return list(range(1, int(first_identity_record))) if looks_like_header else list(self._keys)
+        problem = self._header_problem(first_identity_record, identity_end)
+        if problem is not None:
+            index = f"{self.idx_path.name} ({len(self._keys)} records, keys {self._keys[0]}..{self._keys[-1]})"
+            raise DataError(self.rec_path, f"record 0 is an insightface header (labels, no image) that does not fit {index}: "
+                                           f"{problem}; rewrite the header or remove record 0")
+        first, end = int(first_identity_record), int(identity_end)
+        return RecordLayout("insightface", list(range(1, first)),
+                            f"record 0 is the header: images 1..{first - 1}, {end - first} identity records")
+
+    def _header_problem(self, first_identity_record: float, identity_end: float) -> str | None:
+        """Why header labels [first identity record, end] do not describe this index, or None when they do."""
+        if not (first_identity_record.is_integer() and identity_end.is_integer() and 1 <= first_identity_record <= identity_end):
+            return f"labels {first_identity_record:g}, {identity_end:g} are not a range of records"
+        first = int(first_identity_record)
+        missing = next((key for key in range(1, first) if key not in self._offsets), None)
+        if missing is not None:
+            return f"its image records 1..{first - 1} point past the index (no record {missing})"
+        if self._keys[-1] >= identity_end:  # records the header does not account for would be dropped unread
+            return f"the index holds records up to {self._keys[-1]}, past the header's end {int(identity_end)}"
+        return None
 
     def _read_at(self, position: int, length: int, where: str) -> bytes:
         if position + length > self._size:
@@ -196,14 +242,18 @@ def load_recordio(
     """Decode every image record; labels (identity ids, or label[0] of multi-label records) remapped to 0..C-1.
 
     Corrupt records and undecodable images are logged with their record index, skipped and counted; above
-    `max_bad_fraction` of the image records that is a DataError naming the .rec.
+    `max_bad_fraction` of the image records that is a DataError naming the .rec. `rec_path` may be a folder holding
+    train.rec and train.idx. The layout found and the number of records read are logged.
     """
-    rec_path = Path(rec_path)
     images: list[np.ndarray] = []
     raw_labels: list[float] = []
     bad_records: list[str] = []
     with RecordIOReader(rec_path, idx_path) as reader:
-        image_keys = reader.image_indices()
+        rec_path = reader.rec_path
+        layout = reader.layout()
+        image_keys = layout.image_keys
+        logger.info("%s: %s layout (%s); %d image records of %d", rec_path, layout.kind, layout.reason,
+                    len(image_keys), len(reader))
         if not image_keys:
             raise DataError(rec_path, "holds no image records")
         for key in tqdm(image_keys, desc=f"decoding {rec_path.name}", unit="img", disable=None, leave=False):
@@ -224,6 +274,7 @@ def load_recordio(
     check_unreadable_fraction(rec_path, bad_records, len(image_keys), max_bad_fraction)
     if not images:
         raise DataError(rec_path, "no readable image records")
+    logger.info("%s: read %d images (%d unreadable records skipped)", rec_path, len(images), len(bad_records))
     _, labels = np.unique(np.array(raw_labels), return_inverse=True)
     return FaceArrays(images=np.stack(images), labels=labels.astype(np.int64).ravel())
 

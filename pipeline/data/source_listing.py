@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.artifacts import sha256_file
 from pipeline.config import DataConfig
+from pipeline.data.recordio import recordio_paths
 
 CONTENT_HASHED = frozenset({".bin", ".rec", ".idx", ".lst", ".txt"})
 
@@ -32,9 +33,9 @@ def data_source_paths(data: DataConfig) -> list[Path]:
     for kind, path in paths:
         if not path:
             continue
-        found.append(Path(path))
-        if kind == "recordio":
-            found.append(Path(path).with_suffix(".idx"))  # the reader's default index, beside the .rec
+        # A RecordIO source is its .rec and the reader's default index beside it (a folder: its train.rec and train.idx,
+        # not every file in it, which would tie the data stage to the .bin sets insightface ships beside them).
+        found += recordio_paths(path) if kind == "recordio" else [Path(path)]
     return list(dict.fromkeys(found))
 
 

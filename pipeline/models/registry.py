@@ -37,11 +37,16 @@ def register_model(name: str, kwargs_to: Callable[..., Any] | None = None,
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model; unknown names list the ones that exist, unknown arguments the ones it takes."""
+    """Build a registered model; unknown names list the ones that exist, unknown arguments the ones it takes, and a
+    value the builder refuses (a TypeError or ValueError) is a one-line ConfigError naming the model and its arguments."""
     problem = model_argument_problem(name, kwargs)
     if problem is not None:
         raise ConfigError(problem[1])
-    return _BUILDERS[name](**kwargs)
+    try:
+        return _BUILDERS[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+        raise ConfigError(f"model {name}({arguments}): {exc}") from None
 
 
 def list_models() -> list[str]:
@@ -84,7 +89,13 @@ def model_argument_problem(name: str, args: dict[str, Any]) -> tuple[str | None,
     _import_builtin_models()
     if name not in _BUILDERS:
         return None, f"unknown model {name!r}; registered: {', '.join(sorted(_BUILDERS))}"
-    return unknown_argument(f"model {name}", args, model_arguments(name))
+    allowed = model_arguments(name)
+    fixed = _FORWARDS.get(name, (None, frozenset()))[1]
+    for key in args:  # e.g. a profile's {depth: 6} for vit_face_tiny meeting insightface_vit_t, whose depth is fixed
+        if key in fixed:
+            return key, (f"model {name} sets {key!r} itself (it is part of the architecture); drop it from model_args; "
+                         f"it takes: {', '.join(allowed or []) or 'none'}")
+    return unknown_argument(f"model {name}", args, allowed)
 
 
 def unknown_argument(owner: str, given: Iterable[str], allowed: list[str] | None) -> tuple[str, str] | None:
