@@ -6,7 +6,7 @@ PROFILE ?= default
 RUN_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mobile-model test bench bench-real pareto-real real-long clean
+.PHONY: setup mobile-model test bench bench-real pareto-real real-long teacher-pretrain clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ pareto-real: setup
 # The recipe with a long schedule and an accuracy-against-time curve (hours on CPU; a GPU profile for users).
 real-long: setup
 	$(PY) -m pipeline run --profile real_long $(RUN_ARGS)
+
+# The shipped default teacher (pretrained/, pinned by hash in configs/default.yaml): trains configs/teacher_pretrain.yaml
+# to its teacher stage and packs it as fp16 safetensors + a JSON record (cost: pretrained/README.md).
+teacher-pretrain: setup
+	$(PY) -m pipeline run --profile teacher_pretrain --runs-dir $(RUNS_DIR) --until teacher $(RUN_ARGS)
+	$(PY) -m pipeline pack-teacher $(RUNS_DIR)/teacher_pretrain --out pretrained/vit_face_tiny_synthetic
 
 clean:
 	rm -rf runs build .pytest_cache

@@ -249,7 +249,17 @@ def distillation_verdict(per_model: dict) -> str | None:
     return f"Distillation did not help in this run: {gain:+.2f} points against the student trained alone (fold standard deviation {spread:.2f})."
 
 
-def _distillation_section(doc: Document, metrics: dict, labels: dict[str, str]) -> None:
+def teacher_origin(teacher_summary: dict) -> str:
+    """Where the run's teacher came from, in one sentence: a loaded checkpoint (the shipped one is pinned) or this run."""
+    if teacher_summary.get("source") == "checkpoint":
+        pinned = f" (sha256 {teacher_summary['checkpoint_sha256'][:12]}..., pinned by the profile)" if teacher_summary.get("checkpoint_sha256") else ""
+        return f"The teacher was loaded from `{Path(teacher_summary['checkpoint']).name}`{pinned}, not trained in this run."
+    if teacher_summary.get("source") == "trained":
+        return f"The teacher was trained in this run ({teacher_summary.get('steps')} steps, {teacher_summary.get('train_wall_time_s')} s)."
+    return ""
+
+
+def _distillation_section(doc: Document, metrics: dict, labels: dict[str, str], teacher_summary: dict) -> None:
     """What the run is for, first: teacher, student alone and distilled student side by side on every set."""
     rows, verdicts = [], []
     for set_name, per_model in metrics.items():
@@ -268,7 +278,7 @@ def _distillation_section(doc: Document, metrics: dict, labels: dict[str, str]) 
     doc.heading("Distillation result")
     doc.table(["set", f"{labels['teacher']} %", f"{labels['student_nokd']} %", f"{labels['student']} %", "gain (points)"], rows)
     doc.paragraph("Same student architecture, data and training budget for both students; accuracy ± its standard deviation "
-                  "over the 10 folds. " + " ".join(verdicts))
+                  "over the 10 folds. " + " ".join([teacher_origin(teacher_summary), *verdicts]).strip())
 
 
 def _training_curve_section(doc: Document, run_dir: Path, out_dir: Path, labels: dict[str, str]) -> None:
@@ -344,7 +354,7 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
            if data_summary.get("source") == "synthetic" else ".")
     )
     labels = model_labels(run_dir)
-    _distillation_section(doc, metrics, labels)
+    _distillation_section(doc, metrics, labels, manifests.get("teacher", {}).get("summary", {}))
     doc.heading("Summary")
     doc.table(["model [backend]", f"verification accuracy % ({parity.get('verification_set') or next(iter(metrics))})", "parity", "p50 ms (batch 1, 1 thread)"],
               summary_rows(metrics, parity, latency, labels))

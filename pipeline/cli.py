@@ -36,9 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a config value, e.g. --set distill.optim.epochs=2 (value parsed as JSON when it can be)")
     from pipeline.align.cli import add_align_parser
     from pipeline.evaluate_cli import add_evaluate_parser
+    from pipeline.pretrained_teacher import add_pack_teacher_parser
 
     add_align_parser(commands)
     add_evaluate_parser(commands)
+    add_pack_teacher_parser(commands)
     return parser
 
 
@@ -154,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
                 from pipeline.evaluate_cli import run_evaluate
 
                 return run_evaluate(args)
+            if args.command == "pack-teacher":
+                from pipeline.pretrained_teacher import run_pack_teacher
+
+                return run_pack_teacher(args)
             return run_command(args)
     except PipelineError as exc:
         if stop.signal is not None:  # training checkpointed and stopped, or the runner stopped between stages

@@ -34,7 +34,8 @@ class SyntheticDataConfig(Section):
 def expand_data_root(path: str | None) -> str | None:
     """`${FACE_DATA_ROOT}` / `${FACE_MODELS_ROOT}` in a path -> the real-data / pretrained-models root: the environment
     variable, else shared/data or shared/models beside the repository (so a profile such as configs/real.yaml works
-    from any working directory). Other paths are left as given."""
+    from any working directory); `${PRETRAINED_ROOT}` -> the project's shipped teachers (pretrained/). Other paths
+    are left as given."""
     if path is None or "${" not in path:
         return path
     from pipeline.data.real_data import PATH_PLACEHOLDERS
@@ -174,6 +175,8 @@ class TeacherConfig(Section):
     model_args: dict[str, Any] = {}
     checkpoint: str | None = None
     _checkpoint_expanded = field_validator("checkpoint")(expand_data_root)
+    checkpoint_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the checkpoint file's sha256: "
+                                          "a file that differs is refused (the shipped teacher is pinned this way)")
     checkpoint_format: Literal["native", "insightface_vit"] = Field(
         "native", description="native: this project's FaceViT weights; insightface_vit: an arcface_torch ViT (model insightface_vit_*)")
     margin: MarginConfig = MarginConfig()
@@ -268,6 +271,8 @@ class DistillConfig(Section):
     margin: MarginConfig = MarginConfig()
     optim: OptimConfig = OptimConfig()
     train_baseline: bool = Field(True, description="train the no-distillation student (stage baseline) to compare against")
+    seed: int | None = Field(None, description="both students' seed (initial weights, batch order); none: the run's seed. "
+                                               "Another student seed reuses the run's data and teacher")
     ablation: AblationConfig = AblationConfig()
 
     _losses_unique = field_validator("losses")(_unique_loss_names)
@@ -419,6 +424,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     path = Path(path)
     overrides = overrides or {}
     raw = _read_profile(path, seen=())
+    _drop_what_belonged_to(raw, [key for key in _BELONGS_TO if key in overrides and overrides[key] != _get_dotted(raw, key)])
     for dotted, value in overrides.items():
         try:
             _set_dotted(raw, dotted, value)
@@ -433,6 +439,31 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if problem is not None:
         raise ConfigError(_with_sources([problem], path, overrides))
     return config
+
+
+# A --set of the key on the left replaces what the profile's keys on the right described: they are dropped unless
+# the same command sets them too (insightface_vit_t fixes its own depth; a pin is the hash of the profile's own file).
+_BELONGS_TO = {
+    "teacher.model": ("model_args",),
+    "student.model": ("model_args",),
+    "teacher.checkpoint": ("checkpoint_sha256",),
+}
+
+
+def _get_dotted(tree: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        tree = tree.get(key) if isinstance(tree, dict) else None
+    return tree
+
+
+def _drop_what_belonged_to(raw: dict, replaced: list[str]) -> None:
+    """Drop the profile's keys that described a value a --set replaces (before the --sets apply, so theirs stand)."""
+    for key in replaced:
+        section_name = key.split(".")[0]
+        section = raw.get(section_name)
+        for dependent in _BELONGS_TO[key]:
+            if isinstance(section, dict):
+                section.pop(dependent, None)
 
 
 def apt_teacher_problem(config: RunConfig) -> tuple[str, str] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,17 @@ def test_ncnn_layer_types_and_layer_names_are_accepted():
     selectors = ["ConvolutionDepthWise", "InnerProduct", "MultiHeadAttention", "convdw_12", "F.normalize_0"]
     config = load_config(profile_path("tiny"), {"export.ncnn_fp16_arithmetic_off": selectors})
     assert config.export.ncnn_fp16_arithmetic_off == selectors  # layer names are checked against the exported .param
+
+
+def test_a_set_that_replaces_the_model_or_checkpoint_drops_what_described_the_old_one(tmp_path: Path) -> None:
+    """The profile's ViT depth is not insightface_vit_t's; the profile's hash pin is not the user's file's."""
+    swapped = load_config(profile_path("tiny"), {"teacher.model": "insightface_vit_t", "teacher.checkpoint": "t.pt",
+                                                 "teacher.checkpoint_format": "insightface_vit"})
+    assert swapped.teacher.model_args == {}
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text(f"extends: {profile_path('tiny')}\nteacher:\n  checkpoint: a.safetensors\n  checkpoint_sha256: {'ab' * 32}\n")
+    assert load_config(pinned, {"teacher.checkpoint": "b.safetensors"}).teacher.checkpoint_sha256 is None
+    kept = load_config(pinned, {"teacher.checkpoint": "b.safetensors", "teacher.checkpoint_sha256": "cd" * 32})
+    assert kept.teacher.checkpoint_sha256 == "cd" * 32
+    assert load_config(profile_path("tiny"), {"student.model": "mobilefacenet"}).student.model_args == {"width": 0.25}  # not replaced
+    assert load_config(profile_path("tiny"), {"student.model": "iresnet18", "student.model_args.embedding_dim": 128}).student.model_args == {"embedding_dim": 128}

@@ -8,6 +8,8 @@ masking, activation checkpointing, CUDA autocast), none of which acts in eval mo
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -229,3 +231,42 @@ def test_pipeline_teacher_stage_uses_the_checkpoint_as_is(arcface_vit_t, tmp_pat
     teacher = load_model(tmp_path / "tiny" / "teacher", "teacher")
     with torch.no_grad():
         torch.testing.assert_close(teacher(faces()), original(faces()), atol=1e-5, rtol=1e-4)
+
+
+def readme_insightface_command() -> list[str]:
+    """The README's insightface teacher command, as written there (its `model.pt` left for the caller to replace)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    spans = [" ".join(span.split()) for span in re.findall(r"`([^`]*checkpoint_format=insightface_vit[^`]*)`", readme)]
+    assert spans, "README no longer shows the insightface teacher command"
+    return shlex.split(spans[0])
+
+
+# Tiny synthetic data: the data stage runs before the teacher stage; its size does not matter here.
+SMALL_DATA = ["--set", "data.synthetic.num_train_identities=2", "--set", "data.synthetic.images_per_identity=2",
+              "--set", "data.synthetic.num_verification_identities=2", "--set", "data.synthetic.images_per_verification_identity=2",
+              "--set", "data.synthetic.num_pairs=2"]
+
+
+@pytest.mark.slow
+def test_the_readme_insightface_command_as_written_runs_to_the_teacher_stage(arcface_vit_t, tmp_path):
+    original, path = arcface_vit_t
+    command = [str(path) if word == "model.pt" else word for word in readme_insightface_command()]
+    assert command[:2] == ["--teacher-checkpoint", str(path)]
+    status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--until", "teacher", *command, *SMALL_DATA])
+    assert status == 0
+    teacher = load_model(tmp_path / "tiny" / "teacher", "teacher")
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(faces()), original(faces()), atol=1e-5, rtol=1e-4)
+
+
+def test_an_architecture_argument_for_an_insightface_model_is_one_line_exit_2(arcface_vit_t, tmp_path, capsys):
+    """Issue 21: {depth: 6} meeting insightface_vit_t's own depth was a TypeError traceback from the builder."""
+    _, path = arcface_vit_t
+    status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--until", "teacher", "--teacher-checkpoint", str(path),
+                   "--set", "teacher.checkpoint_format=insightface_vit", "--set", "teacher.model=insightface_vit_t",
+                   "--set", 'teacher.model_args={"depth": 6}', *SMALL_DATA])
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and "\n" not in error
+    assert error.startswith('error: --set teacher.model_args={"depth": 6}: teacher.model_args.depth: model insightface_vit_t '
+                            "sets 'depth' itself")
+    assert not (tmp_path / "tiny").exists()  # refused when the config loads, before any stage

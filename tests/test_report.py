@@ -65,6 +65,8 @@ def test_report_has_latency_figures_cost_and_device_tables(tiny_run: dict) -> No
     for image in ("latency.png", "latency_vs_accuracy.png"):
         assert f"]({image})" in markdown and (out / image).stat().st_size > 10_000
     assert "GFLOPs" in markdown and "peak RSS rise MB" in markdown and "skipped: needs macOS" in markdown
+    teacher = read_json(tiny_run["run_dir"] / "teacher" / "manifest.json")["summary"]
+    assert f"The teacher was trained in this run ({teacher['steps']} steps" in markdown
     html = (out / "report.html").read_text()
     assert html.count("<table>") == markdown.count("\n|---") and html.count("data:image/png;base64,") == markdown.count("![")
 

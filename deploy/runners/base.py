@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -29,7 +30,18 @@ class Runner(ABC):
         """Preprocessed float32 batch in the spec's layout -> (N, D) float32 embeddings (not normalised)."""
 
     def embed(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB aligned faces -> (N, D) float32 embeddings, preprocessing as the spec says."""
+        """(N, H, W, 3) uint8 RGB aligned faces -> (N, D) float32 embeddings, preprocessing as the spec says.
+
+        A face that occurs several times is embedded once: a verification .bin stores both faces of every pair, so a
+        face in k pairs is there k times (the default set: 6,000 rows, 800 faces)."""
+        images_rgb = np.asarray(images_rgb)
+        first, inverse = unique_rows(images_rgb)
+        if len(first) == len(images_rgb):
+            return self.embed_rows(images_rgb, batch_size, progress)
+        return self.embed_rows(images_rgb[first], batch_size, progress)[inverse]
+
+    def embed_rows(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+        """Every row embedded as given, `batch_size` faces per `infer` call."""
         outputs = []
         starts = range(0, len(images_rgb), batch_size)
         for start in tqdm(starts, desc=f"embed {self.label}", disable=not progress, leave=False):
@@ -39,3 +51,16 @@ class Runner(ABC):
 
     def close(self) -> None:
         """Release backend resources (sessions, nets); safe to call twice."""
+
+
+def unique_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of each distinct row's first occurrence, for every row the position of its row among them)."""
+    positions: dict[bytes, int] = {}
+    first, inverse = [], np.empty(len(images), dtype=np.int64)
+    for index, row in enumerate(images):
+        key = hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
+        if key not in positions:
+            positions[key] = len(first)
+            first.append(index)
+        inverse[index] = positions[key]
+    return np.asarray(first, dtype=np.int64), inverse

@@ -62,7 +62,7 @@ class NativeNcnnRunner(Runner):
             raise ToolRunError(f"{self.host.label}: {embeddings.shape[0]} embeddings for {len(array)} faces")
         return embeddings.astype(np.float32)
 
-    def embed(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
+    def embed_rows(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """Raw faces in: the tool preprocesses them (mean, std, channel order from the manifest). One tool run per
         `batch_size` faces, so a slow host (qemu, a phone) shows progress."""
         if images_rgb.ndim != 4 or images_rgb.shape[1:] != (self.spec.height, self.spec.width, 3):

@@ -42,8 +42,14 @@ def default_models_root() -> Path | None:
     return _existing(expected_models_root())
 
 
+def expected_pretrained_root() -> Path:
+    """$PRETRAINED_ROOT if set, else the project's own `pretrained/` folder (the shipped default teacher)."""
+    return _configured_root("PRETRAINED_ROOT", REPO_ROOT / "pretrained")
+
+
 # Placeholders a profile may use in paths -> (environment variable, where it points by default).
 PATH_PLACEHOLDERS = {
     "${FACE_DATA_ROOT}": ("FACE_DATA_ROOT", expected_real_data_root),
     "${FACE_MODELS_ROOT}": ("FACE_MODELS_ROOT", expected_models_root),
+    "${PRETRAINED_ROOT}": ("PRETRAINED_ROOT", expected_pretrained_root),
 }

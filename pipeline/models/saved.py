@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline.artifacts import write_json_atomic, write_safetensors_atomic
+from pipeline.artifacts import sha256_file, write_json_atomic, write_safetensors_atomic
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.errors import DataError, PipelineError
 from pipeline.models.registry import create_model
@@ -76,6 +76,17 @@ def load_external_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if bad:
         raise DataError(path, f"{len(bad)} weight tensors hold NaN or Inf (e.g. {', '.join(bad[:3])})")
     return loaded
+
+
+def check_sha256(path: str | Path, expected: str) -> None:
+    """Refuse a checkpoint whose sha256 is not the one the profile pins (a stale or swapped teacher teaches silently)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint file not found")
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise DataError(path, f"sha256 {actual[:16]}... is not teacher.checkpoint_sha256 {expected[:16]}...: rebuild it with "
+                              "`make teacher-pretrain`, or pin the new file's hash (--set teacher.checkpoint_sha256=null skips the check)")
 
 
 def torch_load_refusal(exc: BaseException) -> str:

@@ -80,7 +80,7 @@ def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict
     head, result = train_recognition_model(
         student, train_set, run_preprocess_spec(config), config.distill.margin, optim,
         job.seed, job.work_dir / f"{stem}_checkpoint", losses, teacher, description=stem, should_stop=stop_requested,
-        margin_weight=objective.margin_weight, evaluate=curve_evaluator(job, config) if optim.eval_every_steps else None,
+        margin_weight=objective.margin_weight, evaluate=curve_evaluator(job.data_dir, config) if optim.eval_every_steps else None,
     )
     save_model(job.out_dir, stem, student, config.student.model, dict(config.student.model_args))
     save_weights(job.out_dir / f"{stem}_head.safetensors", head)
@@ -116,7 +116,8 @@ def student_job(context: StageContext, config: RunConfig, teacher: bool, work_di
     return StudentJob(
         config, context.input_dir("data"), context.input_dir("teacher") if teacher else None, work_dir or context.work_dir,
         context.work_dir, out_dir or context.out_dir,
-        sha256_json({"teacher": context.extra_inputs.get("teacher"), "data": context.extra_inputs["data"]})[:16], config.seed,
+        sha256_json({"teacher": context.extra_inputs.get("teacher"), "data": context.extra_inputs["data"]})[:16],
+        config.seed if config.distill.seed is None else config.distill.seed,
     )
 
 
@@ -182,13 +183,13 @@ def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: Prepro
 
 
 
-def curve_evaluator(job: StudentJob, config: RunConfig):
+def curve_evaluator(data_dir: Path, config: RunConfig):
     """Scores a backbone on the run's first verification set (name order), for the accuracy-against-time curve."""
     from deploy.runners.torch_runner import TorchRunner
     from pipeline.data.store import load_verification_sets
     from pipeline.evaluation.verification import evaluate_verification
 
-    pairs = load_verification_sets(job.data_dir)[0]
+    pairs = load_verification_sets(data_dir)[0]
     images = np.asarray(pairs.images)
 
     def evaluate(backbone: nn.Module) -> dict[str, float]:
