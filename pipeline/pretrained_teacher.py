@@ -38,7 +38,9 @@ def pack_teacher(run_dir: Path, destination: Path) -> dict[str, Any]:
     weights = load_file(str(teacher_dir / "teacher.safetensors"))
     half = {name: tensor.half() if tensor.is_floating_point() else tensor for name, tensor in weights.items()}
     weights_path = destination.with_suffix(".safetensors")
-    write_safetensors_atomic(weights_path, half, metadata={"model": spec["model"], "model_args": json.dumps(spec["model_args"], sort_keys=True)})
+    # One metadata key: safetensors writes its metadata map in an order that changes between processes, so two keys
+    # would give the same weights a different file hash on every pack.
+    write_safetensors_atomic(weights_path, half, metadata={"pipeline_model": json.dumps(spec, sort_keys=True)})
     curve_path = teacher_dir / "teacher_curve.json"
     curve = json.loads(curve_path.read_text()) if curve_path.is_file() else []
     summary = teacher_manifest["summary"]
