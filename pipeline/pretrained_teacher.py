@@ -61,7 +61,7 @@ def pack_teacher(run_dir: Path, destination: Path) -> dict[str, Any]:
         "train_wall_time_s": summary.get("train_wall_time_s"),
         "steps": summary.get("steps"),
         "images_per_s": summary.get("images_per_s"),
-        "data_stage_wall_time_s": read_manifest(data_dir)["wall_time_s"],
+        "data_stage_wall_time_s": data_manifest["wall_time_s"],
         "trained_at": teacher_manifest["started_at"],
         "machine": {"cpu": cpuinfo().get("model name", platform.processor()), "torch": torch.__version__,
                     "versions": teacher_manifest.get("versions", {})},
