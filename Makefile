@@ -6,7 +6,7 @@ PROFILE ?= default
 RUN_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mobile-model test bench bench-real pareto-real real-long teacher-pretrain clean
+.PHONY: setup mobile-model test bench bench-real pareto-real real-long real-gpu teacher-pretrain clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,11 @@ pareto-real: setup
 # The recipe with a long schedule and an accuracy-against-time curve (hours on CPU; a GPU profile for users).
 real-long: setup
 	$(PY) -m pipeline run --profile real_long $(RUN_ARGS)
+
+# The same recipe on a GPU for a wall-clock budget: a short probe sizes the step count to MINUTES (README, "On a GPU").
+MINUTES ?= 10
+real-gpu: setup
+	$(PY) -m benchmarks.budgeted_run --profile real_gpu --minutes $(MINUTES) $(RUN_ARGS)
 
 # The shipped default teacher (pretrained/, pinned by hash in configs/default.yaml): trains configs/teacher_pretrain.yaml
 # to its teacher stage and packs it as fp16 safetensors + a JSON record (cost: pretrained/README.md).

@@ -126,3 +126,28 @@ def test_cached_signals_refuse_augmentation(tmp_path):
         train_recognition_model(create_model("mobilefacenet", width=0.25, input_size=32, embedding_dim=32), train_set,
                                 PreprocessSpec(height=32, width=32), MarginConfig(), OptimConfig(augment=AugmentConfig()), 0,
                                 tmp_path, [WeightedLoss("embedding_kd", 1.0, create_loss("embedding_kd"))], signals)
+
+
+def test_training_tensor_is_preprocess_of_the_augmented_faces():
+    """The device-side normalisation is `preprocess`'s arithmetic: training sees what every runner would be fed."""
+    from deploy.preprocess import preprocess
+    from pipeline.distill.batches import images_to_tensor
+
+    images, seeds, flipped = faces(6, 112), np.arange(6, dtype=np.uint64), np.array([0, 1, 0, 1, 1, 0], bool)
+    for spec in (PreprocessSpec(), PreprocessSpec(color_order="BGR", mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0))):
+        mirrored = images.copy()
+        mirrored[flipped] = mirrored[flipped, :, ::-1]
+        expected = preprocess(augment_faces(mirrored, seeds, AugmentConfig()), spec)
+        np.testing.assert_array_equal(images_to_tensor(images, flipped, spec, AugmentConfig(), seeds).numpy(), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (augmentation on the training GPU)")
+def test_gpu_augmentation_matches_the_host():
+    """On a GPU the same seeds give the same views, up to a rounding step of the resampling."""
+    from pipeline.distill.augment import augment_pixels
+
+    images, seeds = faces(16, 112), np.arange(16, dtype=np.uint64)
+    config = AugmentConfig(jpeg_probability=0.5)
+    on_gpu = augment_pixels(torch.from_numpy(images).cuda().permute(0, 3, 1, 2), seeds, config).permute(0, 2, 3, 1).cpu()
+    difference = (on_gpu.int() - torch.from_numpy(augment_faces(images, seeds, config)).int()).abs()
+    assert difference.float().mean() < 0.05 and difference.max() <= 64  # JPEG can move an edge pixel of a rounded row

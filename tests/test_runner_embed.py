@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import unique_rows
@@ -36,3 +38,12 @@ def test_unique_rows_tells_faces_apart_by_every_pixel() -> None:
     faces[2] = faces[0]
     first, inverse = unique_rows(faces)
     assert first.tolist() == [0, 1] and inverse.tolist() == [0, 1, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (a curve point taken while training on a GPU)")
+def test_a_model_on_the_gpu_embeds_there() -> None:
+    faces = np.random.default_rng(1).integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
+    on_host = TorchRunner(input_sensitive_student(), PreprocessSpec()).embed(faces, batch_size=3)
+    on_gpu = TorchRunner(input_sensitive_student().cuda(), PreprocessSpec()).embed(faces, batch_size=3)
+    cosine = (on_gpu * on_host).sum(1) / np.linalg.norm(on_gpu, axis=1) / np.linalg.norm(on_host, axis=1)
+    assert cosine.min() > 0.999  # TF32 convolutions on the GPU, fp32 on the host

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import NamedTuple
 
-import ncnn
 import numpy as np
 
 from deploy.model_check import check_probe_embedding
@@ -121,6 +120,9 @@ class NcnnRunner(Runner):
         self.output_blob = output_blob or default_output
         use_fp16 = precision == "fp16"
         self.use_fp16_arithmetic = use_fp16 if use_fp16_arithmetic is None else use_fp16_arithmetic
+        import ncnn  # here, not at the top: the .param readers above serve machines without the ncnn package
+
+        self._ncnn = ncnn
         self.net: ncnn.Net | None = ncnn.Net()
         # Options must be set before load_param/load_model: ncnn picks layer implementations at load time.
         opt = self.net.opt
@@ -150,7 +152,7 @@ class NcnnRunner(Runner):
             raise ValueError(f"ncnn input must be one CHW image of shape {expected}, got {image_chw.shape}")
         extractor = self.net.create_extractor()
         extractor.set_light_mode(light_mode)
-        extractor.input(self.input_blob, ncnn.Mat(np.ascontiguousarray(image_chw, dtype=np.float32)))
+        extractor.input(self.input_blob, self._ncnn.Mat(np.ascontiguousarray(image_chw, dtype=np.float32)))
         blobs = {}
         for name in blob_names:
             status, mat = extractor.extract(name)

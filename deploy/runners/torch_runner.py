@@ -16,12 +16,14 @@ class TorchRunner(Runner):
     def __init__(self, model: nn.Module, spec: PreprocessSpec, precision: str = "fp32", threads: int | None = None):
         super().__init__(spec, precision, threads or torch.get_num_threads())
         self.model = model.eval()
+        # The model's own device: a curve point taken while training on a GPU embeds there.
+        self.device = next(model.parameters(), torch.empty(0)).device
 
     @torch.inference_mode()
     def infer(self, batch: np.ndarray) -> np.ndarray:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            return self.model(torch.from_numpy(batch)).float().numpy()
+            return self.model(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
         finally:
             torch.set_num_threads(previous)

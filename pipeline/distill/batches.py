@@ -14,7 +14,7 @@ import torch
 
 from deploy.preprocess import PreprocessSpec, preprocess
 from pipeline.config import AugmentConfig
-from pipeline.distill.augment import augment_faces
+from pipeline.distill.augment import augment_pixels
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Batch:
     step_in_epoch: int
     indices: np.ndarray  # dataset rows
     flipped: np.ndarray  # bool per row: horizontally mirrored
-    augment_seeds: np.ndarray  # uint64 per row: the seed of the row's augmentation (`augment.augment_faces`)
+    augment_seeds: np.ndarray  # uint64 per row: the seed of the row's augmentation (`augment.augment_pixels`)
 
 
 def steps_per_epoch(num_items: int, batch_size: int) -> int:
@@ -44,12 +44,28 @@ def epoch_batches(num_items: int, batch_size: int, seed: int, epoch: int, hflip:
 
 
 def images_to_tensor(images: np.ndarray, flipped: np.ndarray, spec: PreprocessSpec, augment: AugmentConfig | None = None,
-                     augment_seeds: np.ndarray | None = None) -> torch.Tensor:
-    """uint8 NHWC RGB faces -> normalised NCHW tensor through the same `preprocess` every runner uses; mirrored where
-    `flipped`, then augmented (`augment.augment_faces`, row i from augment_seeds[i]) when `augment` is given."""
+                     augment_seeds: np.ndarray | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 NHWC RGB faces -> normalised NCHW tensor on `device`, as `preprocess` (which every runner uses) makes it;
+    mirrored where `flipped`, then augmented on `device` (`augment.augment_pixels`, row i from augment_seeds[i]) when
+    `augment` is given."""
     if flipped.any():
         images = images.copy()
         images[flipped] = images[flipped, :, ::-1]
-    if augment is not None:
-        images = augment_faces(images, augment_seeds, augment)
-    return torch.from_numpy(preprocess(images, spec))
+    if augment is None:
+        return torch.from_numpy(preprocess(images, spec)).to(device)
+    if spec.layout != "NCHW":
+        raise ValueError(f"training takes NCHW input, the preprocessing spec says {spec.layout}")
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+    return normalise_pixels(augment_pixels(pixels, augment_seeds, augment), spec)
+
+
+def normalise_pixels(pixels: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
+    """(N, 3, H, W) uint8 RGB faces -> float32 in the spec's colour order and normalisation: `preprocess`'s arithmetic
+    (same operations, same float32 rounding) for faces already on the training device."""
+    if pixels.shape[2:] != (spec.height, spec.width):
+        raise ValueError(f"images are {pixels.shape[2]}x{pixels.shape[3]}, the model expects {spec.height}x{spec.width}")
+    if spec.color_order != "RGB":
+        pixels = pixels.flip(1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+    return ((pixels.float() - mean) / std).contiguous()

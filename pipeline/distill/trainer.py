@@ -72,6 +72,7 @@ class TrainResult:
     images_per_s: float
     history: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)  # {"step", "images", "train_s", ...the evaluation's figures}
+    median_step_s: float = 0.0  # this process's steps (warm-up, evaluations and checkpoints weigh nothing in it)
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -154,6 +155,7 @@ def train_recognition_model(
     history: list[dict] = []
     curve: list[dict] = []
     trained_s = 0.0  # training time so far, resumed runs included, evaluations excluded
+    step_seconds: list[float] = []
     ctx.barrier()  # rank 0 may still be writing the checkpoint every rank resumes from
     saved = resume_checkpoint(checkpoint_dir, discard_bad=ctx.is_main)  # a damaged one falls back to the one before
     if saved is not None:
@@ -188,8 +190,8 @@ def train_recognition_model(
 
     def step_terms(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch and its named terms (margin, each distillation term, the live teacher's own loss)."""
-        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec, optim.augment, batch.augment_seeds)
-        images = images.to(device).contiguous(memory_format=memory_format)
+        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec, optim.augment, batch.augment_seeds,
+                                  device).contiguous(memory_format=memory_format)
         labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64)).to(device)
         captured.clear()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled):
@@ -253,7 +255,8 @@ def train_recognition_model(
                     global_step += 1
                     if "ema" in trainable:
                         trainable["ema"].update(backbone, step=global_step)
-                    trained_s += time.perf_counter() - step_started
+                    step_seconds.append(time.perf_counter() - step_started)
+                    trained_s += step_seconds[-1]
                     logged = {"loss": loss, **terms}
                     means = ctx.mean_over_ranks(torch.stack([value.detach().float() for value in logged.values()]))
                     for name, value in zip(logged, means.tolist()):
@@ -294,7 +297,9 @@ def train_recognition_model(
     wall = time.perf_counter() - started
     trained_images = (global_step - resumed_from) * min(optim.batch_size, num_rows)  # over all ranks
     backbone.eval()
-    return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history, curve)
+    median_step_s = float(np.median(step_seconds)) if step_seconds else 0.0
+    return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history, curve,
+                             median_step_s)
 
 
 def trained_weights(trainable: nn.ModuleDict) -> nn.Module:
