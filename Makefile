@@ -76,7 +76,7 @@ docker-cpu:
 docker-jetson:
 	$(DOCKER) build -f docker/Dockerfile.jetson -t $(IMAGE):jetson $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
 
-# Distillation ablation (benchmarks/ablation.py): every variant x 3 seeds on one data set, teacher and budget.
+# Distillation ablation (benchmarks/ablation.py): every variant x the profile's seeds on one data set, teacher and budget.
 # ABLATION_ARGS e.g. "--variants no_kd,urfm_apt --seeds 0" for a partial run; finished trainings are reused.
 ABLATION_ARGS ?=
 .PHONY: ablation ablation-real

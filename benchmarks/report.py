@@ -323,13 +323,13 @@ def _pareto_section(doc: Document, run_dir: Path, out_dir: Path) -> None:
 def _ablation_section(doc: Document, run_dir: Path) -> None:
     """ABLATION SPOT: when runs/<run>/ablation/ exists, the table benchmarks/ablation.py builds from it goes here.
 
-    Contract: `benchmarks.ablation.ablation_table(ablation_dir) -> (header, rows) | None` (strings).
+    Contract: `benchmarks.ablation.ablation_table` / `ablation_claims_table(ablation_dir) -> (header, rows) | None`.
     """
     ablation_dir = run_dir / ABLATION_DIR
     if not ablation_dir.is_dir():
         return
     try:
-        from benchmarks.ablation import ablation_table
+        from benchmarks.ablation import CLAIMS_NOTE, ablation_claims_table, ablation_table
     except ImportError as exc:
         log.warning("report: %s exists but benchmarks.ablation.ablation_table is unavailable (%s)", ablation_dir, exc)
         return
@@ -337,6 +337,10 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
     if table:
         doc.heading("Ablation")
         doc.table(*table)
+    claims = ablation_claims_table(ablation_dir)
+    if claims:
+        doc.paragraph(CLAIMS_NOTE)
+        doc.table(*claims)
 
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:

@@ -50,7 +50,8 @@ def trtexec_arguments(onnx: Path, engine: Path, input_name: str, input_chw: tupl
     shape = "x".join(str(v) for v in input_chw)
     engine_arguments = ([f"--onnx={onnx}", f"--saveEngine={engine}", f"--minShapes={input_name}:1x{shape}",
                          f"--optShapes={input_name}:{batch}x{shape}", f"--maxShapes={input_name}:{max_batch}x{shape}",
-                         *(["--fp16"] if precision == "fp16" else [])] if build else [f"--loadEngine={engine}"])
+                         # trtexec allows TF32 unless told not to: an "fp32" row would time TF32 kernels
+                         *(["--fp16"] if precision == "fp16" else ["--noTF32"])] if build else [f"--loadEngine={engine}"])
     return [*engine_arguments, f"--shapes={input_name}:{batch}x{shape}", f"--duration={duration_s}", "--percentile=90,95,99"]
 
 

@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from benchmarks.ablation import ablation_rows, ablation_table, claims, format_table, run_ablation
+from benchmarks.ablation import ablation_rows, ablation_table, claims, format_table, paired_difference, run_ablation
 from pipeline.config import load_config, profile_path
 
 
@@ -22,7 +22,7 @@ def document(accuracies: dict[str, list[float]]) -> dict:
            "teacher": {"scores": {"pairs": {"accuracy": 0.95, "tar_at_far": {"1e-2": 0.9, "1e-3": None}}}},
            "teacher_stage_wall_time_s": 100.0, "wall_time_s": 1.0}
     doc["rows"] = ablation_rows(doc)
-    doc["claims"] = claims(doc["rows"])
+    doc["claims"] = claims(doc)
     return doc
 
 
@@ -37,14 +37,28 @@ def test_rows_hold_mean_and_sample_spread_over_seeds():
     assert rows["embedding_kd"]["train_wall_time_s"] == pytest.approx(11.0)
 
 
-def test_claims_hold_only_when_the_gap_exceeds_the_seed_spread():
-    clear = document({"no_kd": [0.70, 0.71, 0.72], "embedding_kd": [0.80, 0.81, 0.82], "urfm_apt": [0.79, 0.81, 0.83]})
-    verdicts = {(c["better"], c["worse"]): c for c in clear["claims"]}
-    assert verdicts[("embedding_kd", "no_kd")]["holds"]
-    assert verdicts[("embedding_kd", "no_kd")]["gap_points"] == pytest.approx(10.0)
-    assert not verdicts[("urfm_apt", "embedding_kd")]["holds"]  # equal means: no gain
-    noisy = document({"no_kd": [0.60, 0.70, 0.80], "embedding_kd": [0.70, 0.75, 0.80]})
-    assert not noisy["claims"][0]["holds"]  # +5 points but a 10-point spread
+def test_paired_difference_is_the_mean_per_seed_gap_with_its_t_interval():
+    paired = paired_difference({0: 0.80, 1: 0.70, 2: 0.90, 3: 0.75}, {0: 0.78, 1: 0.69, 2: 0.87, 3: 0.74, 9: 0.1})
+    differences = [0.02, 0.01, 0.03, 0.01]  # seed 9 has no partner: left out
+    half = 3.182446305284263 * statistics.stdev(differences) / 2  # t(0.975, 3 degrees of freedom) * s / sqrt(4)
+    assert paired["seeds"] == [0, 1, 2, 3] and paired["mean"] == pytest.approx(0.0175)
+    assert paired["low"] == pytest.approx(0.0175 - half) and paired["high"] == pytest.approx(0.0175 + half)
+    assert paired_difference({0: 0.8}, {0: 0.7}) is None  # one seed has no spread to judge by
+
+
+def test_claims_are_judged_by_the_paired_interval_not_by_the_spread_of_either_variant():
+    # Seeds move both variants by 10 points, the variant adds 1 point on every seed: each row's spread is 10 points,
+    # the paired difference is exactly +1 -> holds (a gap-versus-spread rule would call this noise).
+    shared = [0.60, 0.70, 0.80, 0.65, 0.75]
+    doc = document({"no_kd": shared, "embedding_kd": [a + 0.01 + 0.001 * i for i, a in enumerate(shared)],
+                    "urfm": [a - 0.02 for a in shared], "urfm_apt": [a - 0.02 + (0.01 if i % 2 else -0.01) for i, a in enumerate(shared)]})
+    verdicts = {(c["better"], c["worse"]): c for c in doc["claims"]}
+    assert verdicts[("embedding_kd", "no_kd")]["verdict"] == "holds" and verdicts[("embedding_kd", "no_kd")]["holds"]
+    assert verdicts[("embedding_kd", "no_kd")]["gap_points"] == pytest.approx(1.2)
+    assert verdicts[("urfm", "embedding_kd")]["verdict"] == "fails"
+    assert verdicts[("urfm_apt", "urfm")]["verdict"] == "unresolved"  # +-1 point from seed to seed around 0
+    assert {claim["better"] + ">" + claim["worse"] for claim in doc["claims"]} == {
+        "urfm_apt>urfm", "urfm>embedding_kd", "embedding_kd>no_kd", "urfm>no_kd", "urfm_apt>no_kd"}
 
 
 def test_table_for_the_report_has_the_teacher_first_and_gains_over_no_kd():
@@ -93,3 +107,29 @@ def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, capsys, argum
     printed = capsys.readouterr()
     assert re.match(error, printed.err.strip()) and "\n" not in printed.err.strip(), printed.err
     assert printed.out == "" and not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_the_run_report_states_each_claim_with_its_interval_and_verdict(tmp_path):
+    import json
+
+    from benchmarks.report import _ablation_section
+    from benchmarks.report_document import Document
+
+    shared = [0.60, 0.70, 0.80]
+    doc = document({"no_kd": shared, "embedding_kd": [a + 0.02 for a in shared]})
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / "ablation.json").write_text(json.dumps(doc))
+    report = Document("r")
+    _ablation_section(report, tmp_path)
+    markdown = report.to_markdown()
+    assert "| embedding_kd > no_kd | 3 | +2.00 | [+2.00, +2.00] | holds |" in markdown
+    assert "paired difference" in markdown and "| no_kd |" in markdown
+
+
+def test_objective_text_leaves_out_a_margin_loss_that_is_off():
+    from benchmarks.ablation import _objective_text
+
+    kd_alone = {"losses": [{"name": "embedding_kd", "weight": 1.0}], "apt": None, "margin_weight": 0.0}
+    assert _objective_text(kd_alone) == "1·embedding_kd"
+    assert _objective_text({"losses": [], "apt": None, "margin_weight": 1.0}) == "margin"
+    assert _objective_text({**kd_alone, "margin_weight": 0.5}) == "0.5·margin + 1·embedding_kd"

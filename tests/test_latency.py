@@ -248,6 +248,8 @@ def test_trtexec_builds_once_then_loads_and_is_skipped_with_the_reason_where_abs
 
     build = trtexec_arguments(Path("m.onnx"), Path("m.engine"), "input", (3, 112, 112), 1, 32, "fp16", build=True)
     assert "--fp16" in build and "--maxShapes=input:32x3x112x112" in build and "--shapes=input:1x3x112x112" in build
+    fp32 = trtexec_arguments(Path("m.onnx"), Path("m.engine"), "input", (3, 112, 112), 1, 32, "fp32", build=True)
+    assert "--noTF32" in fp32 and "--fp16" not in fp32 and "--noTF32" not in build  # fp32 rows time fp32, not TF32
     load = trtexec_arguments(Path("m.onnx"), Path("m.engine"), "input", (3, 112, 112), 32, 32, "fp16", build=False)
     assert load[0] == "--loadEngine=m.engine" and "--shapes=input:32x3x112x112" in load and not any(a.startswith("--onnx") for a in load)
     if find_trtexec()[0] is not None:

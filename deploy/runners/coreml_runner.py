@@ -20,6 +20,7 @@ from deploy.runners.base import Runner
 logger = logging.getLogger(__name__)
 
 COREML_NOT_MACOS = "needs macOS (CoreML prediction is only supported on macOS)"
+COREML_MIN_MACOS = 13  # the exports target iOS16 (ML program spec 7), which macOS 13 is the first to run
 # MIL ops that move data without computing; their dtypes say nothing about the compute precision.
 _NON_COMPUTE_OPS = {"const", "cast", "reshape", "flatten", "squeeze", "expand_dims", "transpose"}
 
@@ -28,6 +29,11 @@ def coreml_prediction_available() -> tuple[bool, str]:
     """(True, "") where CoreML can predict; otherwise (False, the reason to report when skipping)."""
     if platform.system() != "Darwin":
         return False, COREML_NOT_MACOS
+    release = platform.mac_ver()[0]
+    major = int(release.split(".")[0]) if release.split(".")[0].isdigit() else 0
+    if major < COREML_MIN_MACOS:
+        return False, (f"needs macOS {COREML_MIN_MACOS} or newer to run the exported iOS16-spec models "
+                       f"(this is macOS {release or 'of unknown version'})")
     try:
         from coremltools import libcoremlpython  # noqa: F401 - the native bridge predict() needs
     except ImportError as error:
