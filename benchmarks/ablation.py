@@ -38,10 +38,10 @@ from pipeline.stages.common import run_preprocess_spec
 from pipeline.stages.fingerprint import read_manifest
 from pipeline.stages.runner import StageRunner
 from pipeline.stages.student_stages import StudentJob, train_student
+from pipeline.run_layout import ABLATION_DIR
 
 log = logging.getLogger("benchmarks.ablation")
 
-ABLATION_DIR = "ablation"
 FAR_TARGETS = (1e-2, 1e-3)
 RESULT_FORMAT = 2  # bump when what a stored (variant, seed) result means changes, so old ones are retrained
 # The claims the issue asks the table to settle: (better, worse) variant names, when both were trained.

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.benchncnn import BENCHNCNN_ENV, benchncnn_arguments, find_benchncnn, parse_benchncnn_output, results_from_benchncnn
-from benchmarks.latency import EXPORTS_FILE, MODEL_MANIFEST, format_latency_table, latency_document, load_latency_document
+from benchmarks.latency import format_latency_table, latency_document, load_latency_document
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import DataError, PipelineError
+from pipeline.run_layout import MODEL_MANIFEST, RunLayout
 
 REMOTE_DIR = "/data/local/tmp/face-distill-bench"
 # ELF e_machine -> the Android ABIs that can run it.
@@ -198,7 +199,7 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
 
 def run_exports(run_dir: Path, exported_format: str | None = None) -> list[dict]:
     """The run's export records; with `exported_format`, only that format's exported models, and an error if none."""
-    exports_path = run_dir / "export" / EXPORTS_FILE
+    exports_path = RunLayout(run_dir).exports_file
     if not exports_path.is_file():
         raise DataError(exports_path, "no export results: run the pipeline (make mobile-model) first")
     records = json.loads(exports_path.read_text())
@@ -217,7 +218,7 @@ def ncnn_model_of_run(run_dir: Path, precision: str) -> tuple[Path, Path, tuple[
     record = next((r for r in records if r["precision"] == precision), records[0])
     param, weights = (export_dir / name for name in record["files"])
     preprocess = json.loads((export_dir / MODEL_MANIFEST).read_text())["preprocess"]
-    latency_path = run_dir / "benchmark" / "latency.json"
+    latency_path = RunLayout(run_dir).latency_file
     model = load_latency_document(latency_path).get("model") if latency_path.is_file() else None
     return param, weights, (preprocess["width"], preprocess["height"], 3), record.get("bytes"), model
 

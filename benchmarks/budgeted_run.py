@@ -25,10 +25,10 @@ from pipeline.artifacts import write_json_atomic
 from pipeline.cli import one_line, parse_overrides
 from pipeline.config import load_config, profile_path
 from pipeline.errors import PipelineError
+from pipeline.run_layout import RunLayout
 from pipeline.stages.fingerprint import read_manifest
 
 log = logging.getLogger("benchmarks.budgeted_run")
-BUDGET_FILE = "budget.json"
 
 
 def steps_for_budget(images_per_s: float, budget_s: float, batch_size: int, eval_every_steps: int | None,
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         images_per_s = steady_images_per_s(summary, optim.batch_size)
         steps = steps_for_budget(images_per_s, args.minutes * 60, optim.batch_size, optim.eval_every_steps)
         log.info("probe: %.1f images/s at batch %d -> %d steps for %.1f min", images_per_s, optim.batch_size, steps, args.minutes)
-        write_json_atomic(args.runs_dir / config.run_name / BUDGET_FILE, {
+        write_json_atomic(RunLayout(args.runs_dir / config.run_name).budget_file, {
             "profile": args.profile, "budget_minutes": args.minutes, "probe_steps": args.probe_steps,
             "probe_images_per_s": images_per_s, "batch_size": optim.batch_size, "max_steps": steps,
             "probe_wall_s": round(time.perf_counter() - started, 1),

@@ -44,6 +44,7 @@ from deploy.runners.base import Runner
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import BenchmarkConfig
 from pipeline.errors import DataError
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,6 @@ SCHEMA_VERSION = 1
 RESULT_KIND = "latency"
 # The export stage's file names (pipeline/stages/export_stage.py, a test keeps them equal), here so that the
 # device images, which have no torch, can read an export folder.
-EXPORTS_FILE, MODEL_MANIFEST = "exports.json", "model_manifest.json"
 MAX_RUNS_FACTOR = 20  # min_timed_seconds never stretches a row past this many times its timed_runs
 MIN_RUNS = 5  # max_timed_seconds never cuts a row below this many timed runs
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m benchmarks.latency EXPORT_DIR --out FILE`: time the exports in a folder (device images use this)."""
     defaults = BenchmarkConfig()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
-    parser.add_argument("export_dir", type=Path, help="a run's export/ folder (exports.json, model_manifest.json, model files)")
+    parser.add_argument("export_dir", type=Path, help=f"a run's export/ folder ({EXPORTS_FILE}, {MODEL_MANIFEST}, model files)")
     parser.add_argument("--out", type=Path, required=True, help="result JSON to write")
     parser.add_argument("--threads", type=int, nargs="+", default=defaults.threads)
     parser.add_argument("--warmup-runs", type=int, default=defaults.warmup_runs)

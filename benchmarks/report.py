@@ -17,12 +17,12 @@ from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
-from pipeline.stages.parity_stage import NATIVE_PARITY_DIR, NATIVE_PARITY_FILE, all_parity_results
+from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout
+from pipeline.stages.parity_stage import all_parity_results
 
 log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher", "student_nokd": "student, no distillation", "student": "student, distilled"}
 DEVICES_DIR = "devices"  # runs/<run>/devices/*.json: latency files from phones and boards (benchmarks/android.py)
-ABLATION_DIR = "ablation"  # runs/<run>/ablation/: written by benchmarks/ablation.py
 
 
 def _pct(value: float | None) -> str:
@@ -167,7 +167,7 @@ def _native_targets_section(doc: Document, run_dir: Path) -> None:
 
     A feature counts only where both say yes: that is the proof of which kernels (fp16 arithmetic, dot-product) ran.
     """
-    path = run_dir / NATIVE_PARITY_DIR / NATIVE_PARITY_FILE
+    path = RunLayout(run_dir).native_parity_file
     targets = json.loads(path.read_text()).get("targets", []) if path.is_file() else []
     if not targets:
         return
@@ -196,7 +196,7 @@ def _devices_section(doc: Document, devices_dir: Path) -> None:
         device = other.get("device", {})
         doc.paragraph(f"`{path.name}`: {device.get('name') or device.get('cpu')} ({device.get('cpu', '?')}, {device.get('abi', '?')}, "
                       f"{device.get('kind', '?')}), measured {other.get('created_at', '?')}; settings {json.dumps(other.get('settings', {}))}. "
-                      f"Compare with `python -m benchmarks.compare <this run's latency.json> {path}`.")
+                      f"Compare with `python -m benchmarks.compare <this run's {LATENCY_FILE}> {path}`.")
         latency_table(doc, other["results"])
 
 
@@ -227,7 +227,7 @@ def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
     if stage_rows:
         doc.paragraph("Stage wall times of this run (a cached stage keeps the time of the run that computed it):")
         doc.table(["stage", "wall time (s)"], stage_rows)
-    exports_path = run_dir / "export" / "exports.json"
+    exports_path = RunLayout(run_dir).exports_file
     if exports_path.is_file():
         doc.table(["export", "status", "time (s)", "size MB"],
                   [[f"{r['format']}/{r['precision']}", r["status"], f"{r.get('export_time_s', 0):.1f}", _mb(r.get("bytes"))]
@@ -325,7 +325,7 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
 
     Contract: `benchmarks.ablation.ablation_table` / `ablation_claims_table(ablation_dir) -> (header, rows) | None`.
     """
-    ablation_dir = run_dir / ABLATION_DIR
+    ablation_dir = RunLayout(run_dir).ablation_dir
     if not ablation_dir.is_dir():
         return
     try:
@@ -345,9 +345,10 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
     """Collect every stage's results from `run_dir` and write report.md, report.html and PNGs into `out_dir`."""
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    layout = RunLayout(run_dir)
+    metrics = json.loads(layout.metrics_file.read_text())
     parity = all_parity_results(run_dir)
-    latency = load_latency_document(run_dir / "benchmark" / "latency.json")
+    latency = load_latency_document(layout.latency_file)
     manifests = {path.parent.name: json.loads(path.read_text()) for path in sorted(run_dir.glob("*/manifest.json"))}
 
     doc = Document(f"Distill-and-export report: {run_dir.name}")
@@ -408,7 +409,7 @@ def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:
     versions = next(iter(manifests.values()), {}).get("versions", {})
     doc.table(["component", "version"], [[k, str(v)] for k, v in sorted(versions.items())])
 
-    write_text_atomic(out_dir / "report.md", doc.to_markdown())
+    write_text_atomic(out_dir / REPORT_FILE, doc.to_markdown())
     write_text_atomic(out_dir / "report.html", doc.to_html())
     return doc
 

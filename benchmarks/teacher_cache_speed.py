@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from benchmarks.distill_speed import _step_images_per_s  # the one way steps are timed (median step, warm-up left out)
 from pipeline.artifacts import write_json_atomic

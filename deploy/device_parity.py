@@ -26,15 +26,15 @@ from deploy.parity_run import parity_for_exports
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.errors import DataError, PipelineError
-from pipeline.stages.export_stage import EXPORTS_FILE
-from pipeline.stages.parity_stage import DEVICE_PARITY_GLOB, parity_inputs
+from pipeline.run_layout import RunLayout
+from pipeline.stages.parity_stage import parity_inputs
 
 log = logging.getLogger(__name__)
 ANDROID_REMOTE_DIR = "/data/local/tmp/face-distill-parity"
 
 
 def device_parity_path(run_dir: Path, name: str) -> Path:
-    return run_dir / DEVICE_PARITY_GLOB.rpartition("/")[0] / f"{name}.json"
+    return RunLayout(run_dir).device_parity_file(name)
 
 
 def android_parity(run_dir: Path, tool: Path, parity: ParityConfig, adb_executable: str | None = None,
@@ -78,7 +78,7 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
             record = _tensorrt_record_here(run_dir, record, spec)
         records.append(record)
     if not records:
-        raise DataError(run_dir / "export" / EXPORTS_FILE, f"no export of {', '.join(formats)} in this run")
+        raise DataError(RunLayout(run_dir).exports_file, f"no export of {', '.join(formats)} in this run")
     results: list[ParityResult] = parity_for_exports(run_dir / "export", records, spec, pairs, reference, parity, threads, student)
     device = {"kind": "board", "name": name, "cpu": platform.processor() or platform.machine(), "abi": platform.machine()}
     for result in results:
@@ -136,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or device_parity_path(args.run_dir, name)
     write_json_atomic(out, document)
-    if (args.run_dir / "report" / "report.md").is_file():
+    if RunLayout(args.run_dir).report_file.is_file():
         from benchmarks.report import build_report, config_as_yaml
 
         config = load_config(profile_path(args.profile))
         build_report(args.run_dir, args.run_dir / "report", config_as_yaml(config.model_dump(mode="json")))
-        print(f"report redrawn with these rows: {args.run_dir / 'report' / 'report.md'}")
+        print(f"report redrawn with these rows: {RunLayout(args.run_dir).report_file}")
     for row in document["results"]:
         figures = (f"cos min {row['cosine_min']:.6f}, accuracy delta {row['accuracy_delta_points']:+.2f}"
                    if row.get("cosine_min") is not None else row.get("reason", ""))

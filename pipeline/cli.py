@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from pipeline.config import load_config, profile_path
 from pipeline.errors import DataError, PipelineError
+from pipeline.run_layout import RunLayout
 
 log = logging.getLogger("pipeline")
 T = TypeVar("T")
@@ -99,13 +100,14 @@ def print_summary(run_dir: Path) -> int:
     from benchmarks.report import distillation_verdict, model_labels, summary_rows
     from pipeline.stages.parity_stage import all_parity_results, failed_parity
 
-    report = run_dir / "report" / "report.md"
+    layout = RunLayout(run_dir)
+    report = layout.report_file
     if not report.is_file():
         return 0
     parity = _read_stage_file(all_parity_results, run_dir, run_dir / "parity")
     try:
-        metrics = _read_stage_file(lambda path: json.loads(path.read_text()), run_dir / "evaluate" / "metrics.json")
-        latency = _read_stage_file(load_latency_document, run_dir / "benchmark" / "latency.json")
+        metrics = _read_stage_file(lambda path: json.loads(path.read_text()), layout.metrics_file)
+        latency = _read_stage_file(load_latency_document, layout.latency_file)
     except PipelineError as exc:
         log.warning("summary table skipped: %s", one_line(exc))
     else:

@@ -25,9 +25,9 @@ from pipeline.artifacts import write_json_atomic
 from pipeline.data.arrays import VerificationPairs
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.verification import evaluate_verification
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout
 
 log = logging.getLogger(__name__)
-MODEL_MANIFEST = "model_manifest.json"  # written by the export stage beside the exported files
 RUN_MODEL_FOLDERS = ("teacher", "baseline", "distill", "pareto")
 
 
@@ -135,14 +135,14 @@ def candidates_for(target: Path, model_name: str | None, threads: int, native: l
             folders = [target / name for name in RUN_MODEL_FOLDERS if (target / name).is_dir()]
             folders += sorted(p for p in (target / "pareto").glob("*") if p.is_dir())  # one folder per Pareto student
             found = [c for folder in folders for c in saved_model_candidates(folder, threads)]
-            if (target / "export" / "exports.json").is_file():
+            if RunLayout(target).exports_file.is_file():
                 found += export_candidates(target / "export", threads, native)
-        elif (target / "exports.json").is_file():
+        elif (target / EXPORTS_FILE).is_file():
             found = export_candidates(target, threads, native)
         else:
             found = saved_model_candidates(target, threads)
         if not found:
-            raise DataError(target, "holds no saved model (<stem>.json + <stem>.safetensors) and no exports.json")
+            raise DataError(target, "holds no saved model (<stem>.json + <stem>.safetensors) and no {EXPORTS_FILE}")
         return found
     return [file_candidate(target, model_name, threads, native)]
 
@@ -173,7 +173,7 @@ def export_candidates(export_dir: Path, threads: int, native: list[str]) -> list
     """One candidate per exported record (skipped ones say why), plus the native tool's rows for ncnn."""
     from deploy.formats import get_format
 
-    records = json.loads((export_dir / "exports.json").read_text())
+    records = json.loads((export_dir / EXPORTS_FILE).read_text())
     spec = _spec_beside(export_dir)
     found = []
     for record in records:

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from benchmarks.budgeted_run import BUDGET_FILE, main, steady_images_per_s, steps_for_budget
+from benchmarks.budgeted_run import main, steady_images_per_s, steps_for_budget
 from pipeline.errors import PipelineError
+from pipeline.run_layout import RunLayout
 from pipeline.stages.fingerprint import read_manifest
 
 
@@ -36,7 +37,7 @@ def test_bad_input_exits_2_with_one_line(argv, capsys):
 def test_probe_then_a_run_of_the_steps_that_fit(tmp_path):
     """The tiny profile: a probe in its own run folder, then the real run with the step count written beside it."""
     assert main(["--profile", "tiny", "--minutes", "0.5", "--probe-steps", "3", "--runs-dir", str(tmp_path), "--until", "distill"]) == 0
-    budget = json.loads((tmp_path / "tiny" / BUDGET_FILE).read_text())
+    budget = json.loads(RunLayout(tmp_path / "tiny").budget_file.read_text())
     probe = read_manifest(tmp_path / "tiny_probe" / "distill")["summary"]["student"]
     assert probe["steps"] == 3 and probe["median_step_s"] > 0
     run = read_manifest(tmp_path / "tiny" / "distill")

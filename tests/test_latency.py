@@ -207,12 +207,6 @@ def test_device_image_command_runs_without_torch(export_dir: Path, tmp_path: Pat
     assert document["device"]["kind"] == "host" and document["device"]["cpu_count"] >= 1
 
 
-def test_export_folder_names_match_the_export_stage() -> None:
-    from pipeline.stages import export_stage
-
-    assert (EXPORTS_FILE, MODEL_MANIFEST) == (export_stage.EXPORTS_FILE, export_stage.MODEL_MANIFEST)
-
-
 def test_flops_are_counted_by_running_the_model() -> None:
     import torch
 

@@ -40,7 +40,7 @@ from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
 from pipeline.distill.checkpoint import resume_checkpoint, save_checkpoint
 from pipeline.distill.distributed import Distributed, current, sync_batchnorms, unsync_batchnorms
-from pipeline.distill.losses import STUDENT_FEATURES, STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
+from pipeline.distill.losses import STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
 from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
 from pipeline.errors import PipelineError
 from pipeline.models.fused_bn import set_fused_kernels

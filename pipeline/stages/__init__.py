@@ -3,6 +3,7 @@ benchmark -> pareto -> report."""
 
 from __future__ import annotations
 
+from pipeline.run_layout import REPORT_FILE
 from pipeline.stages.benchmark_stage import run_benchmark_stage
 from pipeline.stages.data_stage import data_input_digests, run_data_stage
 from pipeline.stages.evaluate_stage import run_evaluate_stage
@@ -36,7 +37,7 @@ STAGES: list[Stage] = [
     Stage("report", run_report_stage, ("data", "teacher", "baseline", "distill", "evaluate", "export", "parity", "native_parity", "benchmark",
                                        "pareto"),
           ("run_name",),
-          description="report.md and report.html"),
+          description=f"{REPORT_FILE} and report.html"),
 ]
 
 STAGE_NAMES = [stage.name for stage in STAGES]

@@ -18,10 +18,9 @@ from pipeline.data.store import load_training_set, load_verification_sets
 from pipeline.models.registry import create_model
 from pipeline.models.saved import load_model
 from pipeline.stages.common import read_json, write_json
-from pipeline.stages.export_stage import EXPORTS_FILE, MODEL_MANIFEST
+from pipeline.run_layout import EXPORTS_FILE, LATENCY_FILE, MODEL_MANIFEST
 from pipeline.stages.runner import StageContext
 
-LATENCY_FILE = "latency.json"
 DISTILL_SPEED_FILE = "distill_speed.json"
 
 

@@ -15,6 +15,7 @@ from pipeline.evaluation.verification import evaluate_verification
 from pipeline.models.saved import load_model
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
+from pipeline.run_layout import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -40,5 +41,5 @@ def run_evaluate_stage(context: StageContext) -> None:
             log.info("evaluate %s on %s: accuracy %.2f%% ± %.2f, AUC %.4f", label, pairs.name, 100 * result.accuracy, 100 * result.accuracy_std, result.auc)
             if label == "student":
                 save_array(context.out_dir / reference_embeddings_name(pairs.name), embeddings)
-    write_json(context.out_dir, "metrics.json", metrics)
+    write_json(context.out_dir, METRICS_FILE, metrics)
     context.summary["accuracy"] = {name: {label: round(100 * m["accuracy"], 2) for label, m in per_model.items()} for name, per_model in metrics.items()}

@@ -34,12 +34,11 @@ from pipeline.config import ParityConfig, RunConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_training_set, load_verification_sets
 from pipeline.models.saved import load_model
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
-EXPORTS_FILE = "exports.json"
-MODEL_MANIFEST = "model_manifest.json"
 
 
 def run_export_stage(context: StageContext) -> None:

@@ -20,8 +20,8 @@ from deploy.parity_run import RunnerChoice, localise_failure, parity_for_record,
 from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_native_runner import NativeNcnnRunner
 from pipeline.stages.common import read_json, write_json
-from pipeline.stages.export_stage import EXPORTS_FILE
-from pipeline.stages.parity_stage import NATIVE_PARITY_FILE, parity_inputs
+from pipeline.run_layout import EXPORTS_FILE, NATIVE_PARITY_FILE
+from pipeline.stages.parity_stage import parity_inputs
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)

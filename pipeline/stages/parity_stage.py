@@ -18,13 +18,12 @@ from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_array, load_verification_sets
 from pipeline.stages.common import read_json, write_json
 from pipeline.stages.evaluate_stage import reference_embeddings_name
-from pipeline.stages.export_stage import EXPORTS_FILE, MODEL_MANIFEST
+from pipeline.run_layout import EXPORTS_FILE, PARITY_FILE, RunLayout
 from pipeline.stages.runner import StageContext
 
 if TYPE_CHECKING:
     from torch import nn
 
-PARITY_FILE = "parity.json"
 
 
 def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.ndarray, nn.Module]:
@@ -32,7 +31,7 @@ def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.
     of it, and the PyTorch student (for localising a failing backend's first bad layer)."""
     from pipeline.models.saved import load_model
 
-    spec = PreprocessSpec.load(run_dir / "export" / MODEL_MANIFEST)
+    spec = PreprocessSpec.load(RunLayout(run_dir).model_manifest)
     pairs = load_verification_sets(run_dir / "data")[0]
     reference = load_array(run_dir / "evaluate" / reference_embeddings_name(pairs.name), mmap=False)
     return spec, pairs, reference, load_model(run_dir / "distill", "student")
@@ -56,8 +55,6 @@ def failed_parity(parity_payload: dict) -> list[dict]:
     return [r for r in parity_payload["results"] if r["status"] in {"fail", "error"}]
 
 
-NATIVE_PARITY_DIR, NATIVE_PARITY_FILE = "native_parity", "native_parity.json"
-DEVICE_PARITY_GLOB = "devices/parity/*.json"  # written by `make parity-android` / the Jetson image, same schema
 
 
 def all_parity_results(run_dir: Path) -> dict:
@@ -65,11 +62,11 @@ def all_parity_results(run_dir: Path) -> dict:
 
     One table in the report and one exit status: a backend that fails on a phone fails like one that fails here.
     """
-    payload = read_json(run_dir / "parity" / PARITY_FILE)
+    payload = read_json(RunLayout(run_dir).parity_file)
     results = list(payload["results"])
-    native = run_dir / NATIVE_PARITY_DIR / NATIVE_PARITY_FILE
+    native = RunLayout(run_dir).native_parity_file
     if native.is_file():
         results += read_json(native)["results"]
-    for device_file in sorted(run_dir.glob(DEVICE_PARITY_GLOB)):
+    for device_file in RunLayout(run_dir).device_parity_files():
         results += read_json(device_file)["results"]
     return {"verification_set": payload.get("verification_set"), "results": results}

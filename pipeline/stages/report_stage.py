@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from benchmarks.report import build_report, config_as_yaml
 from pipeline.stages.runner import StageContext
+from pipeline.run_layout import RunLayout
 
 
 def run_report_stage(context: StageContext) -> None:
     build_report(context.run_dir, context.out_dir, config_as_yaml(context.config.model_dump(mode="json")))
-    context.summary["report"] = str(context.run_dir / "report" / "report.md")
+    context.summary["report"] = str(RunLayout(context.run_dir).report_file)
