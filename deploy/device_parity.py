@@ -22,12 +22,11 @@ from pathlib import Path
 
 from benchmarks.android import run_exports
 from deploy.parity import ParityResult
-from deploy.parity_run import parity_for_exports
+from deploy.parity_run import parity_for_exports, parity_inputs
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.errors import DataError, PipelineError
 from pipeline.run_layout import RunLayout
-from pipeline.stages.parity_stage import parity_inputs
 
 log = logging.getLogger(__name__)
 ANDROID_REMOTE_DIR = "/data/local/tmp/face-distill-parity"

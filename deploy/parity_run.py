@@ -21,6 +21,8 @@ from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
+from pipeline.data.store import load_array, load_verification_sets
+from pipeline.run_layout import RunLayout
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,6 +76,22 @@ def subset_and_reference(pairs: VerificationPairs, reference: np.ndarray, max_im
 
 def _select_rows(pairs: VerificationPairs, rows: np.ndarray) -> VerificationPairs:
     return VerificationPairs(np.asarray(pairs.images)[rows], np.asarray(pairs.issame)[rows[0::2] // 2], pairs.name)
+
+
+def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.ndarray, nn.Module | None]:
+    """What every parity run compares: the export's preprocessing, the first verification set, PyTorch's embeddings
+    of it, and the PyTorch student (for localising a failing backend's first bad layer; None where torch is not
+    installed, as in the deploy images, which then report a failing backend without localising it)."""
+    layout = RunLayout(run_dir)
+    spec = PreprocessSpec.load(layout.model_manifest)
+    pairs = load_verification_sets(layout.stage_dir("data"))[0]
+    reference = load_array(layout.reference_embeddings_file(pairs.name), mmap=False)
+    try:
+        from pipeline.models.saved import load_model
+    except ImportError as exc:
+        log.info("parity without the PyTorch student (%s): a failing backend is reported, not localised", exc)
+        return spec, pairs, reference, None
+    return spec, pairs, reference, load_model(layout.stage_dir("distill"), "student")
 
 
 def parity_for_exports(

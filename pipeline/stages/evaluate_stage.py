@@ -15,15 +15,11 @@ from pipeline.evaluation.verification import evaluate_verification
 from pipeline.models.saved import load_model
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
-from pipeline.run_layout import METRICS_FILE
+from pipeline.run_layout import METRICS_FILE, reference_embeddings_name
 
 log = logging.getLogger(__name__)
 
 EVALUATED_MODELS = (("teacher", "teacher", "teacher"), ("student_nokd", "baseline", "student_nokd"), ("student", "distill", "student"))
-
-
-def reference_embeddings_name(set_name: str) -> str:
-    return f"student_embeddings_{set_name}.npy"
 
 
 def run_evaluate_stage(context: StageContext) -> None:

@@ -21,7 +21,7 @@ from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_native_runner import NativeNcnnRunner
 from pipeline.stages.common import read_json, write_json
 from pipeline.run_layout import EXPORTS_FILE, NATIVE_PARITY_FILE
-from pipeline.stages.parity_stage import parity_inputs
+from deploy.parity_run import parity_inputs
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)

@@ -8,33 +8,11 @@ non-zero (see `failed_parity`). A numeric failure of ONNX or ncnn also names the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import numpy as np
-
-from deploy.parity_run import parity_for_exports
-from deploy.preprocess import PreprocessSpec
-from pipeline.data.arrays import VerificationPairs
-from pipeline.data.store import load_array, load_verification_sets
-from pipeline.stages.common import read_json, write_json
-from pipeline.stages.evaluate_stage import reference_embeddings_name
+from deploy.parity_run import parity_for_exports, parity_inputs
 from pipeline.run_layout import EXPORTS_FILE, PARITY_FILE, RunLayout
+from pipeline.stages.common import read_json, write_json
 from pipeline.stages.runner import StageContext
-
-if TYPE_CHECKING:
-    from torch import nn
-
-
-
-def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.ndarray, nn.Module]:
-    """What every parity run compares: the export's preprocessing, the first verification set, PyTorch's embeddings
-    of it, and the PyTorch student (for localising a failing backend's first bad layer)."""
-    from pipeline.models.saved import load_model
-
-    spec = PreprocessSpec.load(RunLayout(run_dir).model_manifest)
-    pairs = load_verification_sets(run_dir / "data")[0]
-    reference = load_array(run_dir / "evaluate" / reference_embeddings_name(pairs.name), mmap=False)
-    return spec, pairs, reference, load_model(run_dir / "distill", "student")
 
 
 def run_parity_stage(context: StageContext) -> None:

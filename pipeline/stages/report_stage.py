@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.report import build_report, config_as_yaml
-from pipeline.stages.runner import StageContext
 from pipeline.run_layout import RunLayout
+from pipeline.stages.runner import StageContext
 
 
 def run_report_stage(context: StageContext) -> None:
