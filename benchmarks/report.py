@@ -17,8 +17,7 @@ from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
-from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout
-from pipeline.stages.parity_stage import all_parity_results
+from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout, all_parity_results
 
 log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher", "student_nokd": "student, no distillation", "student": "student, distilled"}

@@ -98,7 +98,7 @@ def print_summary(run_dir: Path) -> int:
     """
     from benchmarks.latency import load_latency_document
     from benchmarks.report import distillation_verdict, model_labels, summary_rows
-    from pipeline.stages.parity_stage import all_parity_results, failed_parity
+    from pipeline.run_layout import all_parity_results, failed_parity
 
     layout = RunLayout(run_dir)
     report = layout.report_file

@@ -8,6 +8,7 @@ training stack. tests/test_run_layout.py fails when another module spells one of
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +83,27 @@ class RunLayout:
     @property
     def budget_file(self) -> Path:
         return self.run_dir / BUDGET_FILE
+
+
+def failed_parity(parity_payload: dict) -> list[dict]:
+    """Results that could run and did not pass: these make the command exit non-zero.
+
+    "skipped" (cannot run here) and "dropped" (an INT8 variant not kept because it missed its gate at export)
+    do not count: neither is shipped as a working model.
+    """
+    return [r for r in parity_payload["results"] if r["status"] in {"fail", "error"}]
+
+
+def all_parity_results(run_dir: Path) -> dict:
+    """Every parity row of a run: the parity stage's, the native tool's (x86, emulated ARM) and devices' files.
+
+    One table in the report and one exit status: a backend that fails on a phone fails like one that fails here.
+    """
+    layout = RunLayout(run_dir)
+    payload = json.loads(layout.parity_file.read_text())
+    results = list(payload["results"])
+    if layout.native_parity_file.is_file():
+        results += json.loads(layout.native_parity_file.read_text())["results"]
+    for device_file in layout.device_parity_files():
+        results += json.loads(device_file.read_text())["results"]
+    return {"verification_set": payload.get("verification_set"), "results": results}

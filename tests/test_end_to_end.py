@@ -14,7 +14,7 @@ from deploy.parity_run import parity_for_exports
 from deploy.preprocess import PreprocessSpec
 from pipeline.data.store import load_array, load_verification_sets
 from pipeline.stages.evaluate_stage import reference_embeddings_name
-from pipeline.stages.parity_stage import failed_parity
+from pipeline.run_layout import failed_parity
 from tests.conftest import read_json
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
 from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.stages.export_stage import keep_if_int8_gate_passes
-from pipeline.stages.parity_stage import failed_parity
+from pipeline.run_layout import failed_parity
 from tests.conftest import input_sensitive_student
 
 SPEC = PreprocessSpec()
