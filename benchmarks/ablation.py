@@ -8,7 +8,7 @@ trains with `train_student`, the function the `distill` stage uses, and is score
 the `evaluate` stage (10-fold accuracy; TAR@FAR where the pairs resolve it). Each result is stored under
 runs/<run>/ablation/results/ with a fingerprint of everything it depends on, so a rerun skips finished trainings and a
 killed training resumes from its checkpoint. The table goes to runs/<run>/ablation/ablation.md and ablation.json;
-`ablation_table(ablation_dir)` returns it for the run report.
+`stored_ablation(ablation_dir)` reads it back for the run report (`format_table`, `claims_table`).
 """
 
 from __future__ import annotations
@@ -245,12 +245,10 @@ def _objective_text(variant: dict) -> str:
     return " + ".join(parts)
 
 
-def ablation_table(ablation_dir: Path) -> tuple[list[str], list[list[str]]] | None:
-    """(header, rows) of strings for the run report, or None when the ablation has not written its table yet."""
+def stored_ablation(ablation_dir: Path) -> dict | None:
+    """The ablation document `run_ablation` wrote (rows and claims), or None when it has not written one yet."""
     path = Path(ablation_dir) / "ablation.json"
-    if not path.is_file():
-        return None
-    return format_table(json.loads(path.read_text()))
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def format_table(document: dict) -> tuple[list[str], list[list[str]]]:
@@ -285,15 +283,6 @@ def claims_table(document: dict) -> tuple[list[str], list[list[str]]]:
     header = ["claim", "seeds", "paired difference (points)", "95 % interval", "verdict"]
     return header, [[f"{c['better']} > {c['worse']}", str(len(c["seeds"])), f"{c['gap_points']:+.2f}",
                      f"[{c['low_points']:+.2f}, {c['high_points']:+.2f}]", c["verdict"]] for c in document["claims"]]
-
-
-def ablation_claims_table(ablation_dir: Path) -> tuple[list[str], list[list[str]]] | None:
-    """`claims_table` of the stored ablation, or None when there is none (or no claim has two seeds yet)."""
-    path = Path(ablation_dir) / "ablation.json"
-    if not path.is_file():
-        return None
-    document = json.loads(path.read_text())
-    return claims_table(document) if document.get("claims") else None
 
 
 def ablation_markdown(document: dict) -> str:

@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RESULT_KIND = "latency"
-# The export stage's file names (pipeline/stages/export_stage.py, a test keeps them equal), here so that the
-# device images, which have no torch, can read an export folder.
 MAX_RUNS_FACTOR = 20  # min_timed_seconds never stretches a row past this many times its timed_runs
 MIN_RUNS = 5  # max_timed_seconds never cuts a row below this many timed runs
 

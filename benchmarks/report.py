@@ -322,24 +322,25 @@ def _pareto_section(doc: Document, run_dir: Path, out_dir: Path) -> None:
 def _ablation_section(doc: Document, run_dir: Path) -> None:
     """ABLATION SPOT: when runs/<run>/ablation/ exists, the table benchmarks/ablation.py builds from it goes here.
 
-    Contract: `benchmarks.ablation.ablation_table` / `ablation_claims_table(ablation_dir) -> (header, rows) | None`.
+    Contract: `benchmarks.ablation.stored_ablation(ablation_dir) -> document | None`, rendered by its `format_table`
+    and `claims_table` (each -> (header, rows) of strings).
     """
     ablation_dir = RunLayout(run_dir).ablation_dir
     if not ablation_dir.is_dir():
         return
     try:
-        from benchmarks.ablation import CLAIMS_NOTE, ablation_claims_table, ablation_table
+        from benchmarks.ablation import CLAIMS_NOTE, claims_table, format_table, stored_ablation
     except ImportError as exc:
-        log.warning("report: %s exists but benchmarks.ablation.ablation_table is unavailable (%s)", ablation_dir, exc)
+        log.warning("report: %s exists but benchmarks.ablation is unavailable (%s)", ablation_dir, exc)
         return
-    table = ablation_table(ablation_dir)
-    if table:
-        doc.heading("Ablation")
-        doc.table(*table)
-    claims = ablation_claims_table(ablation_dir)
-    if claims:
+    document = stored_ablation(ablation_dir)
+    if document is None:
+        return
+    doc.heading("Ablation")
+    doc.table(*format_table(document))
+    if document.get("claims"):
         doc.paragraph(CLAIMS_NOTE)
-        doc.table(*claims)
+        doc.table(*claims_table(document))
 
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:

@@ -142,7 +142,7 @@ def candidates_for(target: Path, model_name: str | None, threads: int, native: l
         else:
             found = saved_model_candidates(target, threads)
         if not found:
-            raise DataError(target, "holds no saved model (<stem>.json + <stem>.safetensors) and no {EXPORTS_FILE}")
+            raise DataError(target, f"holds no saved model (<stem>.json + <stem>.safetensors) and no {EXPORTS_FILE}")
         return found
     return [file_candidate(target, model_name, threads, native)]
 

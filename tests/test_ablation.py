@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from benchmarks.ablation import ablation_rows, ablation_table, claims, format_table, paired_difference, run_ablation
+from benchmarks.ablation import ablation_rows, claims, format_table, paired_difference, run_ablation, stored_ablation
 from pipeline.config import load_config, profile_path
 
 
@@ -90,7 +90,7 @@ def test_tiny_ablation_writes_the_table_and_reuses_finished_trainings(tmp_path):
     partial = run_ablation(config, tmp_path, ["no_kd"], [0])  # a partial rerun still tables every stored result
     assert {path: path.stat().st_mtime_ns for path in stored} == stored  # nothing retrained or rescored
     assert partial["rows"] == first["rows"] and len(partial["results"]) == 4
-    header, rows = ablation_table(ablation_dir)
+    header, rows = format_table(stored_ablation(ablation_dir))
     assert len(rows) == 3 and header[0] == "variant"
 
 

@@ -85,3 +85,7 @@ def test_bad_targets_are_one_line(tmp_path, capsys):
     assert "needs --model NAME" in capsys.readouterr().err
     assert main(["evaluate", str(checkpoint)]) == 2
     assert "give at least one verification set" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["evaluate", str(empty), "--bin", str(bin_path)]) == 2
+    assert capsys.readouterr().err.strip().endswith("and no exports.json")  # the file's name, not a placeholder

@@ -30,7 +30,8 @@ def coreml_prediction_available() -> tuple[bool, str]:
     if platform.system() != "Darwin":
         return False, COREML_NOT_MACOS
     release = platform.mac_ver()[0]
-    major = int(release.split(".")[0]) if release.split(".")[0].isdigit() else 0
+    major_text = release.split(".")[0]
+    major = int(major_text) if major_text.isdigit() else 0
     if major < COREML_MIN_MACOS:
         return False, (f"needs macOS {COREML_MIN_MACOS} or newer to run the exported iOS16-spec models "
                        f"(this is macOS {release or 'of unknown version'})")
