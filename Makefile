@@ -43,7 +43,7 @@ real-long: setup
 # The same recipe on a GPU for a wall-clock budget: a short probe sizes the step count to MINUTES (README, "On a GPU").
 MINUTES ?= 10
 real-gpu: setup
-	$(PY) -m benchmarks.budgeted_run --profile real_gpu --minutes $(MINUTES) $(RUN_ARGS)
+	$(PY) -m app.budgeted_run --profile real_gpu --minutes $(MINUTES) $(RUN_ARGS)
 
 # The shipped default teacher (pretrained/, pinned by hash in configs/default.yaml): trains configs/teacher_pretrain.yaml
 # to its teacher stage and packs it as fp16 safetensors + a JSON record (cost: pretrained/README.md).
@@ -64,31 +64,47 @@ IMAGE ?= face-distill
 TORCH_INDEX_URL ?=
 .PHONY: bench-android docker-cpu docker-jetson
 
-# A phone on adb: BENCHNCNN=/path/to/benchncnn (built for the phone), ANDROID_ARGS="--threads 1 2 4 --loops 50 --serial X".
-bench-android: setup
-	$(PY) -m benchmarks.android --run-dir $(RUNS_DIR)/$(RUN_NAME) $(if $(BENCHNCNN),--benchncnn $(BENCHNCNN)) $(ANDROID_ARGS)
+# A phone on adb (USB debugging on): ANDROID_ARGS="--threads 1 2 4 --loops 50 --serial X". BENCHNCNN=/path/to/benchncnn
+# built for the phone, else the project's face_bench (same command line), built here as a static aarch64 program: no
+# NDK needed. No phone: FAKE_PHONE=max (or cortex-a76, cortex-a53) runs the same flow on an emulated arm64 phone, the
+# test suite's fake adb whose pushed aarch64 programs run under qemu-aarch64 -cpu $(FAKE_PHONE): rows say "emulated".
+FAKE_PHONE ?=
+FAKE_PHONE_ROOT ?= $(RUNS_DIR)/fake-phone
+PHONE_ENV = $(if $(FAKE_PHONE),mkdir -p $(FAKE_PHONE_ROOT) && PATH="$(CURDIR)/tests/fixtures/android/fake_adb:$$PATH" \
+  FAKE_ADB_ROOT="$(abspath $(FAKE_PHONE_ROOT))" FAKE_ADB_FIXTURES="$(CURDIR)/tests/fixtures/android/qemu_phone" \
+  FAKE_ADB_DEVICES=qemu-arm64 FAKE_ADB_QEMU_CPU=$(FAKE_PHONE))
+bench-android: setup native-deps
+	$(PHONE_ENV) $(PY) -m benchmarks.android --run-dir $(RUNS_DIR)/$(RUN_NAME) $(if $(BENCHNCNN),--benchncnn $(BENCHNCNN)) $(ANDROID_ARGS)
 
 docker-cpu:
 	$(DOCKER) build -f docker/Dockerfile.cpu --target deploy -t $(IMAGE):cpu-deploy .
 	$(DOCKER) build -f docker/Dockerfile.cpu --target full -t $(IMAGE):cpu .
 
+# Without a Docker daemon: both CPU targets built with buildah on a debootstrapped base (Python packages from a wheelhouse
+# made here) and run for real: the deploy image times and parity-checks runs/$(RUN_NAME)'s exports (make mobile-model
+# first) and must hold no torch; the full image runs the tiny profile. Results in build/docker/check.json (app/docker_check.py).
+.PHONY: docker-check
+docker-check: setup
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { apt-get update >/dev/null; apt-get install -y --no-install-recommends buildah debootstrap >/dev/null; }
+	$(PY) -m app.docker_check --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE)
+
 # On the Jetson; TORCH_INDEX_URL=<NVIDIA's wheel index for your JetPack> adds torch (the TensorRT Python runner needs it).
 docker-jetson:
 	$(DOCKER) build -f docker/Dockerfile.jetson -t $(IMAGE):jetson $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
 
-# Distillation ablation (benchmarks/ablation.py): every variant x the profile's seeds on one data set, teacher and budget.
+# Distillation ablation (app/ablation.py): every variant x the profile's seeds on one data set, teacher and budget.
 # ABLATION_ARGS e.g. "--variants no_kd,urfm_apt --seeds 0" for a partial run; finished trainings are reused.
 ABLATION_ARGS ?=
 .PHONY: ablation ablation-real
 
 # Then the profile's own pipeline run, whose report (runs/ablation/report/) carries the ablation table.
 ablation: setup
-	$(PY) -m benchmarks.ablation --profile ablation --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
+	$(PY) -m app.ablation --profile ablation --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
 	$(PY) -m pipeline run --profile ablation --runs-dir $(RUNS_DIR)
 
 # Aligned LFW from ../shared/data (skipped, with the reason, where it is absent).
 ablation-real: setup
-	$(PY) -m benchmarks.ablation --profile ablation_real --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
+	$(PY) -m app.ablation --profile ablation_real --runs-dir $(RUNS_DIR) $(ABLATION_ARGS)
 	$(PY) -m pipeline run --profile ablation_real --runs-dir $(RUNS_DIR)
 
 # Native ncnn tools (deploy/native: face_embed, face_bench) against libncnn built from ncnn's source archive, cached in build/.
@@ -96,7 +112,7 @@ ablation-real: setup
 NATIVE_PACKAGES := cmake:cmake g++:g++ faketime:faketime aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64:qemu-user
 ARM_TARGETS ?= ["host","arm64:max","arm64:cortex-a53"]
 ANDROID_NDK ?=
-ANDROID_TOOL ?= $(firstword $(wildcard build/native/android-arm64-*/bin/face_embed))
+ANDROID_TOOL ?=
 .PHONY: native-deps native android-tools arm-parity parity-android parity-jetson
 
 native-deps:
@@ -117,11 +133,12 @@ android-tools: setup native-deps
 arm-parity: setup native-deps
 	$(PY) -m pipeline run --profile $(PROFILE) --set 'native_parity.targets=$(ARM_TARGETS)' --set benchmark.native_tools=true $(RUN_ARGS)
 
-# A phone on adb: ANDROID_TOOL (default: the NDK build from `make android-tools`), ANDROID_ARGS="--serial X".
-parity-android: setup
-	$(PY) -m deploy.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) android \
-	  --tool $(or $(ANDROID_TOOL),build/native/android-arm64/bin/face_embed) $(ANDROID_ARGS)
+# A phone on adb, or FAKE_PHONE=max (see bench-android): ANDROID_TOOL=/path/to/face_embed, else the NDK build where
+# ANDROID_NDK is set, else the static aarch64 build (no NDK); ANDROID_ARGS="--serial X".
+parity-android: setup native-deps
+	$(PHONE_ENV) $(PY) -m app.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) android \
+	  $(if $(ANDROID_TOOL),--tool $(ANDROID_TOOL)) $(ANDROID_ARGS)
 
 # On the Jetson (or inside its image): TensorRT engines built there from the run's ONNX export, gated like every backend.
 parity-jetson: setup
-	$(PY) -m deploy.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) here --formats tensorrt
+	$(PY) -m app.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) here --formats tensorrt

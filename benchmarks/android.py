@@ -2,7 +2,9 @@
 
 The result is the same latency file (schema in benchmarks/latency.py) tagged with the phone's model, ABI and
 SoC as `adb shell getprop` reports them, so `python -m benchmarks.compare` can set it beside this machine's.
-benchncnn is the user's (ncnn does not ship it in its wheels): give its path, or put it on PATH.
+benchncnn is the user's (ncnn does not ship it in its wheels): give its path, or put it on PATH; without one, the
+project's face_bench (same command line and output) is built as a static aarch64 program and pushed instead.
+An emulator's timings (Android's emulator, or qemu) are tagged `emulated` and never read as a phone's latency.
 
     python -m benchmarks.android --run-dir runs/default --benchncnn ~/ncnn/build-android/benchmark/benchncnn
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -23,10 +26,12 @@ from pathlib import Path
 
 from benchmarks.benchncnn import BENCHNCNN_ENV, benchncnn_arguments, find_benchncnn, parse_benchncnn_output, results_from_benchncnn
 from benchmarks.latency import format_latency_table, latency_document, load_latency_document
+from deploy.native.build import phone_tools
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import DataError, PipelineError
-from pipeline.run_layout import MODEL_MANIFEST, RunLayout
+from pipeline.run_layout import MODEL_MANIFEST, ExportRecord, RunLayout, read_export_records
 
+log = logging.getLogger(__name__)
 REMOTE_DIR = "/data/local/tmp/face-distill-bench"
 # ELF e_machine -> the Android ABIs that can run it.
 _ELF_MACHINE_ABIS = {183: ("arm64-v8a",), 40: ("armeabi-v7a", "armeabi"), 62: ("x86_64",), 3: ("x86",)}
@@ -102,12 +107,21 @@ def parse_getprop(text: str) -> dict[str, str]:
     return properties
 
 
+# Properties an emulator sets: Android's emulator (goldfish, ranchu) and QEMU-based ones; a phone sets none of them.
+EMULATOR_HARDWARE = ("goldfish", "ranchu")
+
+
+def is_emulator(properties: dict[str, str]) -> bool:
+    return "1" in (properties.get("ro.kernel.qemu"), properties.get("ro.boot.qemu")) or properties.get("ro.hardware") in EMULATOR_HARDWARE
+
+
 def describe_android_device(properties: dict[str, str]) -> dict:
-    """The device tag of a phone's result file, read from its system properties."""
+    """The device tag of a phone's result file, read from its system properties; `emulated` where an emulator ran it."""
     get = properties.get
     soc = " ".join(part for part in (get("ro.soc.manufacturer"), get("ro.soc.model")) if part)
     return {
         "kind": "android",
+        "emulated": is_emulator(properties),
         "name": " ".join(part for part in (get("ro.product.manufacturer"), get("ro.product.model")) if part) or "unknown",
         "model": get("ro.product.model"),
         "abi": get("ro.product.cpu.abi"),
@@ -197,12 +211,12 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
     return latency_document(results, [], device, versions, model, settings)
 
 
-def run_exports(run_dir: Path, exported_format: str | None = None) -> list[dict]:
+def run_exports(run_dir: Path, exported_format: str | None = None) -> list[ExportRecord]:
     """The run's export records; with `exported_format`, only that format's exported models, and an error if none."""
     exports_path = RunLayout(run_dir).exports_file
     if not exports_path.is_file():
         raise DataError(exports_path, "no export results: run the pipeline (make mobile-model) first")
-    records = json.loads(exports_path.read_text())
+    records = read_export_records(exports_path.parent)
     if exported_format is None:
         return records
     records = [r for r in records if r["format"] == exported_format and r["status"] == "exported"]
@@ -226,7 +240,8 @@ def ncnn_model_of_run(run_dir: Path, precision: str) -> tuple[Path, Path, tuple[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.android", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="a pipeline run (runs/<name>) with an ncnn export")
-    parser.add_argument("--benchncnn", help=f"ncnn's benchncnn built for the phone (default: ${BENCHNCNN_ENV}, then PATH)")
+    parser.add_argument("--benchncnn", help=f"ncnn's benchncnn built for the phone (default: ${BENCHNCNN_ENV}, then PATH, then the "
+                        "project's face_bench, built here as a static aarch64 program on first use)")
     parser.add_argument("--serial", default=os.environ.get("ANDROID_SERIAL"), help="adb device serial (default: $ANDROID_SERIAL, or the only device)")
     parser.add_argument("--adb", help="adb executable (default: $ADB, then PATH)")
     parser.add_argument("--precision", default="fp16", help="which ncnn export to push (benchncnn itself always runs fp16 where the CPU can)")
@@ -239,10 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         binary, why_not = find_benchncnn(args.benchncnn, runs_here=False)
-        if binary is None:
+        if binary is None and args.benchncnn:
             raise AdbError(why_not)
         executable = find_adb(args.adb)
         serial = choose_device(attached_devices(Adb(executable).run("devices")), args.serial)
+        if binary is None:  # the project's face_bench speaks benchncnn's command line (static aarch64: no NDK needed)
+            log.info("android: %s; timing with the project's face_bench for the phone", why_not)
+            binary = phone_tools().bench
         param, weights, input_whc, model_bytes, model = ncnn_model_of_run(args.run_dir, args.precision)
         run = PhoneRun(binary, param, weights, input_whc, args.threads, args.loops, args.powersave, args.gpu_device, not args.no_cooling_down)
         document = benchmark_on_phone(Adb(executable, serial), run, model, model_bytes)
@@ -251,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.run_dir / "devices" / f"android_{serial}.json"
     write_json_atomic(out, document)
-    print(f"{document['device']['name']} ({document['device']['cpu']}, {document['device']['abi']})")
+    device = document["device"]
+    print(f"{device['name']} ({device['cpu']}, {device['abi']})" + (": EMULATED, these times are not a phone's latency" if device["emulated"] else ""))
     print(format_latency_table(document["results"]))
     print(f"wrote {out}")
     return 0

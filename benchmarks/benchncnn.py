@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.latency import LatencyResult
+from pipeline.run_layout import ExportRecord
 
 BENCHNCNN_ENV = "BENCHNCNN"
 BENCHNCNN_BACKEND = "ncnn-benchncnn"
@@ -139,7 +140,7 @@ def run_benchncnn_here(binary: Path, param_path: Path, input_whc: tuple[int, int
     return parse_benchncnn_output(text, str(binary))
 
 
-def benchncnn_here(export_dir: Path, export_records: list[dict], input_whc: tuple[int, int, int], thread_counts: list[int],
+def benchncnn_here(export_dir: Path, export_records: list[ExportRecord], input_whc: tuple[int, int, int], thread_counts: list[int],
                    loop_count: int, configured: str | None = None) -> tuple[list[LatencyResult], list[dict]]:
     """The desktop C++ path: benchncnn on this machine for the exported ncnn graph; else why it was skipped.
 
@@ -163,7 +164,7 @@ def benchncnn_here(export_dir: Path, export_records: list[dict], input_whc: tupl
     return results, []
 
 
-def face_bench_here(export_dir: Path, export_records: list[dict], input_whc: tuple[int, int, int], thread_counts: list[int],
+def face_bench_here(export_dir: Path, export_records: list[ExportRecord], input_whc: tuple[int, int, int], thread_counts: list[int],
                     loop_count: int) -> tuple[list[LatencyResult], list[dict]]:
     """The project's face_bench on every ncnn export, real weights at the export's precision (builds the host tools
     on first use, minutes, cached in build/); else why it was skipped."""

@@ -47,7 +47,8 @@ def compare_results(a: dict, b: dict, match: tuple[str, ...] = DEFAULT_MATCH) ->
 
 def _device_label(document: dict) -> str:
     device = document.get("device", {})
-    return f"{device.get('name') or device.get('cpu', '?')} [{device.get('kind', '?')}, {device.get('abi', '?')}]"
+    emulated = ", EMULATED: its times are not latency" if device.get("emulated") else ""
+    return f"{device.get('name') or device.get('cpu', '?')} [{device.get('kind', '?')}, {device.get('abi', '?')}{emulated}]"
 
 
 def format_comparison(a: dict, b: dict, match: tuple[str, ...] = DEFAULT_MATCH) -> str:

@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from benchmarks.latency import measure_latency
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.torch_runner import TorchRunner
 from pipeline.config import DistillConfig, OptimConfig
 from pipeline.cpu_features import cpu_flags, has_native_bf16
@@ -38,6 +37,7 @@ from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals, teac
 from pipeline.distill.trainer import WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 from pipeline.models.fused_bn import fused_kernels_failed
+from pipeline.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

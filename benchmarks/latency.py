@@ -39,12 +39,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.memory import peak_memory
-from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.base import Runner
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import BenchmarkConfig
 from pipeline.errors import DataError
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST
+from pipeline.preprocess import PreprocessSpec, preprocess
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, ExportRecord, read_export_records
 
 log = logging.getLogger(__name__)
 
@@ -157,13 +157,9 @@ def benchmark_target(target: BenchmarkTarget, images_rgb: np.ndarray, thread_cou
     results = []
     for threads in thread_counts:
         for batch, warmup_runs, timed_runs, min_seconds in plans:
-            with peak_memory() as memory:
-                runner = target.make_runner(threads)
-                try:
-                    result = measure_latency(runner, images_rgb, batch, warmup_runs, timed_runs, target.backend, min_seconds,
-                                             settings.max_timed_seconds)
-                finally:
-                    runner.close()
+            with peak_memory() as memory, target.make_runner(threads) as runner:  # the runner is made inside: its load counts
+                result = measure_latency(runner, images_rgb, batch, warmup_runs, timed_runs, target.backend, min_seconds,
+                                         settings.max_timed_seconds)
             result.precision = target.precision
             result.peak_rss_mb, result.rss_before_mb = memory.peak_rss_mb, memory.rss_before_mb
             result.model_bytes = target.model_bytes
@@ -174,7 +170,7 @@ def benchmark_target(target: BenchmarkTarget, images_rgb: np.ndarray, thread_cou
     return results
 
 
-def targets_from_exports(export_dir: Path, export_records: list[dict], spec: PreprocessSpec) -> tuple[list[BenchmarkTarget], list[dict]]:
+def targets_from_exports(export_dir: Path, export_records: list[ExportRecord], spec: PreprocessSpec) -> tuple[list[BenchmarkTarget], list[dict]]:
     """A target per exported format x precision that can run here; the others as {backend, precision, reason}."""
     from deploy.formats import get_format
 
@@ -248,14 +244,14 @@ def format_latency_table(results: list[LatencyResult | dict]) -> str:
     return "\n".join(lines)
 
 
-def run_latency_matrix(export_dir: Path, export_records: list[dict], spec: PreprocessSpec, settings: BenchmarkConfig,
+def run_latency_matrix(export_dir: Path, export_records: list[ExportRecord], spec: PreprocessSpec, settings: BenchmarkConfig,
                        images_rgb: np.ndarray, engine_dir: Path, extra_targets: tuple[BenchmarkTarget, ...] = (),
                        model: dict | None = None) -> dict:
     """Every runnable export (plus `extra_targets`, e.g. PyTorch), and ncnn's benchncnn and TensorRT's trtexec where
     present (trtexec builds its engines into `engine_dir`): the result document."""
     from benchmarks.benchncnn import benchncnn_here, face_bench_here
-    from benchmarks.trtexec import trtexec_here
     from benchmarks.host import describe_host, runtime_versions
+    from benchmarks.trtexec import trtexec_here
 
     device = describe_host()
     thread_counts, too_many = usable_thread_counts(settings.threads, device["cpu_count"])
@@ -306,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     images = np.random.default_rng(0).integers(0, 256, (settings.throughput_batch, spec.height, spec.width, 3), dtype=np.uint8)
     model = {"name": json.loads((args.export_dir / MODEL_MANIFEST).read_text()).get("model"),
              "input_shape": [1, 3, spec.height, spec.width]}
-    document = run_latency_matrix(args.export_dir, json.loads((args.export_dir / EXPORTS_FILE).read_text()), spec,
+    document = run_latency_matrix(args.export_dir, read_export_records(args.export_dir), spec,
                                   settings, images, args.out.parent / "engines", model=model)
     write_json_atomic(args.out, document)
     print(format_latency_table(document["results"]))

@@ -11,13 +11,14 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.ablation_tables import CLAIMS_NOTE, claims_table, format_table, stored_ablation
 from benchmarks.latency import load_latency_document
 from benchmarks.plots import plot_latency_bars, plot_latency_vs_accuracy, plot_pareto, plot_training_curves
 from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
-from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout, all_parity_results
+from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout, all_parity_results, read_export_records
 
 log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher", "student_nokd": "student, no distillation", "student": "student, distilled"}
@@ -186,12 +187,21 @@ def _native_targets_section(doc: Document, run_dir: Path) -> None:
 
 def _devices_section(doc: Document, devices_dir: Path) -> None:
     """Latency files from other devices (phones over adb, boards), so their rows sit beside this machine's."""
-    files = sorted(devices_dir.glob("*.json")) if devices_dir.is_dir() else []
-    if not files:
-        return
-    doc.heading("Latency on other devices")
-    for path in files:
-        other = load_latency_document(path)
+    documents = [(path, load_latency_document(path)) for path in sorted(devices_dir.glob("*.json"))] if devices_dir.is_dir() else []
+    real = [(path, other) for path, other in documents if not other.get("device", {}).get("emulated")]
+    emulated = [(path, other) for path, other in documents if other.get("device", {}).get("emulated")]
+    if real:
+        doc.heading("Latency on other devices")
+        _device_tables(doc, real)
+    if emulated:
+        doc.heading("Emulated devices (not latency)")
+        doc.paragraph("These ran under an emulator (Android's, or qemu-user on this machine): they show that the flow and the ARM "
+                      "kernels work, and their times say nothing about a phone's.")
+        _device_tables(doc, emulated)
+
+
+def _device_tables(doc: Document, documents: list[tuple[Path, dict]]) -> None:
+    for path, other in documents:
         device = other.get("device", {})
         doc.paragraph(f"`{path.name}`: {device.get('name') or device.get('cpu')} ({device.get('cpu', '?')}, {device.get('abi', '?')}, "
                       f"{device.get('kind', '?')}), measured {other.get('created_at', '?')}; settings {json.dumps(other.get('settings', {}))}. "
@@ -230,7 +240,7 @@ def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
     if exports_path.is_file():
         doc.table(["export", "status", "time (s)", "size MB"],
                   [[f"{r['format']}/{r['precision']}", r["status"], f"{r.get('export_time_s', 0):.1f}", _mb(r.get("bytes"))]
-                   for r in json.loads(exports_path.read_text())])
+                   for r in read_export_records(exports_path.parent)])
 
 
 def distillation_verdict(per_model: dict) -> str | None:
@@ -320,18 +330,9 @@ def _pareto_section(doc: Document, run_dir: Path, out_dir: Path) -> None:
 
 
 def _ablation_section(doc: Document, run_dir: Path) -> None:
-    """ABLATION SPOT: when runs/<run>/ablation/ exists, the table benchmarks/ablation.py builds from it goes here.
-
-    Contract: `benchmarks.ablation.stored_ablation(ablation_dir) -> document | None`, rendered by its `format_table`
-    and `claims_table` (each -> (header, rows) of strings).
-    """
+    """When runs/<run>/ablation/ holds results (app/ablation.py writes them), their tables, as ablation.md shows them."""
     ablation_dir = RunLayout(run_dir).ablation_dir
     if not ablation_dir.is_dir():
-        return
-    try:
-        from benchmarks.ablation import CLAIMS_NOTE, claims_table, format_table, stored_ablation
-    except ImportError as exc:
-        log.warning("report: %s exists but benchmarks.ablation is unavailable (%s)", ablation_dir, exc)
         return
     document = stored_ablation(ablation_dir)
     if document is None:

@@ -30,10 +30,10 @@ from pipeline.config import DistillVariant, LossConfig, RunConfig, load_config, 
 from pipeline.data.arrays import FaceArrays
 from pipeline.data.store import load_array
 from pipeline.distill.objective import build_losses, loss_context
+from pipeline.distill.teacher_cache import compute_teacher_signals
 from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals
 from pipeline.models.registry import create_model
 from pipeline.stages.common import run_preprocess_spec
-from pipeline.stages.student_stages import compute_teacher_signals
 
 log = logging.getLogger(__name__)
 

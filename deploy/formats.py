@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from pipeline.config import ExportConfig
 from pipeline.errors import ConfigError
+from pipeline.export_catalog import FORMAT_SPECS
+from pipeline.export_catalog import parse_format_entry as parse_catalog_entry
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import ExportRecord
 
 if TYPE_CHECKING:  # only the exporters need torch: device images that just run exports have none
     from torch import nn
@@ -51,11 +54,11 @@ class ExportFormat:
     suffix: str
     precisions: tuple[str, ...]
     export: Callable[[ExportRequest], dict]  # -> record with "files": [names in out_dir], plus facts
-    make_runner: Callable[[Path, dict, PreprocessSpec, int], Runner]  # (export dir, record, spec, threads)
+    make_runner: Callable[[Path, ExportRecord, PreprocessSpec, int], Runner]  # (export dir, record, spec, threads)
     runnable_here: Callable[[], tuple[bool, str]]
     exportable_here: Callable[[], tuple[bool, str]] = _always
     # (export dir, record, spec, one preprocessed image batch) -> every layer's output, for localising divergence
-    layer_outputs: Callable[[Path, dict, PreprocessSpec, np.ndarray], list] | None = None
+    layer_outputs: Callable[[Path, ExportRecord, PreprocessSpec, np.ndarray], list] | None = None
 
     def main_file(self, precision: str) -> str:
         """The file (or bundle) a deployer opens for this precision: what an error while exporting it names."""
@@ -82,13 +85,13 @@ def _calibration(request: ExportRequest) -> np.ndarray:
     return request.calibration_images
 
 
-def _onnx_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+def _onnx_runner(folder: Path, record: ExportRecord, spec: PreprocessSpec, threads: int) -> Runner:
     from deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(folder / record["files"][0], spec, record["precision"], threads)
 
 
-def _onnx_layers(folder: Path, record: dict, spec: PreprocessSpec, batch: np.ndarray) -> list:
+def _onnx_layers(folder: Path, record: ExportRecord, spec: PreprocessSpec, batch: np.ndarray) -> list:
     from deploy.localize import onnx_layer_outputs
 
     return onnx_layer_outputs(folder / record["files"][0], batch)
@@ -110,7 +113,7 @@ def _export_ncnn(request: ExportRequest) -> dict:
             **{k: v for k, v in record.items() if k not in {"param", "bin", "precision"}}}
 
 
-def _ncnn_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+def _ncnn_runner(folder: Path, record: ExportRecord, spec: PreprocessSpec, threads: int) -> Runner:
     from deploy.runners.ncnn_runner import NcnnRunner
 
     param, weights = record["files"]
@@ -118,7 +121,7 @@ def _ncnn_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int)
                       record.get("input_blob"), record.get("output_blob"))
 
 
-def _ncnn_layers(folder: Path, record: dict, spec: PreprocessSpec, batch: np.ndarray) -> list:
+def _ncnn_layers(folder: Path, record: ExportRecord, spec: PreprocessSpec, batch: np.ndarray) -> list:
     from deploy.localize import ncnn_layer_outputs
 
     param, weights = record["files"]
@@ -138,7 +141,7 @@ def _export_coreml(request: ExportRequest) -> dict:
             **{k: v for k, v in record.items() if k not in {"path", "precision"}}}
 
 
-def _coreml_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+def _coreml_runner(folder: Path, record: ExportRecord, spec: PreprocessSpec, threads: int) -> Runner:
     from deploy.runners.coreml_runner import CoreMLRunner
 
     return CoreMLRunner(folder / record["files"][0], spec, record["precision"], threads)
@@ -160,7 +163,7 @@ def _export_tensorrt(request: ExportRequest) -> dict:
                            workspace_mib=options.tensorrt_workspace_mib)
 
 
-def _tensorrt_runner(folder: Path, record: dict, spec: PreprocessSpec, threads: int) -> Runner:
+def _tensorrt_runner(folder: Path, record: ExportRecord, spec: PreprocessSpec, threads: int) -> Runner:
     from deploy.runners.tensorrt_runner import TensorRTRunner
 
     return TensorRTRunner(folder / record["files"][0], spec, record["precision"], threads)
@@ -173,11 +176,11 @@ def _tensorrt_available() -> tuple[bool, str]:
 
 
 FORMATS: dict[str, ExportFormat] = {
-    "onnx": ExportFormat("onnx", ".onnx", ("fp32", "int8"), _export_onnx, _onnx_runner, _always, layer_outputs=_onnx_layers),
-    "ncnn": ExportFormat("ncnn", ".ncnn.param", ("fp32", "fp16", "int8"), _export_ncnn, _ncnn_runner, _always,
+    "onnx": ExportFormat("onnx", ".onnx", FORMAT_SPECS["onnx"].precisions, _export_onnx, _onnx_runner, _always, layer_outputs=_onnx_layers),
+    "ncnn": ExportFormat("ncnn", ".ncnn.param", FORMAT_SPECS["ncnn"].precisions, _export_ncnn, _ncnn_runner, _always,
                          layer_outputs=_ncnn_layers),
-    "coreml": ExportFormat("coreml", ".mlpackage", ("fp32", "fp16"), _export_coreml, _coreml_runner, _coreml_runnable),
-    "tensorrt": ExportFormat("tensorrt", ".engine", ("fp32", "fp16", "int8"), _export_tensorrt, _tensorrt_runner,
+    "coreml": ExportFormat("coreml", ".mlpackage", FORMAT_SPECS["coreml"].precisions, _export_coreml, _coreml_runner, _coreml_runnable),
+    "tensorrt": ExportFormat("tensorrt", ".engine", FORMAT_SPECS["tensorrt"].precisions, _export_tensorrt, _tensorrt_runner,
                              _tensorrt_available, exportable_here=_tensorrt_available),
 }
 
@@ -189,11 +192,9 @@ def get_format(name: str) -> ExportFormat:
 
 
 def parse_format_entry(entry: str) -> tuple[ExportFormat, tuple[str, ...]]:
-    """'onnx' -> every precision of the format; 'ncnn:fp32,fp16' -> those precisions only."""
-    name, _, precisions = entry.partition(":")
-    export_format = get_format(name)
-    chosen = tuple(p for p in precisions.split(",") if p) or export_format.precisions
-    unknown = [p for p in chosen if p not in export_format.precisions]
-    if unknown:
-        raise ConfigError(f"format {name!r} has no precision {', '.join(unknown)}; it has {', '.join(export_format.precisions)}")
-    return export_format, chosen
+    """'onnx' -> every precision of the format; 'ncnn:fp32,fp16' -> those precisions only (the catalog's rules)."""
+    try:
+        name, precisions = parse_catalog_entry(entry)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return get_format(name), precisions

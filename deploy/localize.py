@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy.preprocess import PreprocessSpec, preprocess
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 TORCH_KINDS = {
     "Conv1d": "conv", "Conv2d": "conv", "ConvTranspose2d": "deconv", "Linear": "fc", "PReLU": "prelu", "ReLU": "relu",
@@ -183,13 +184,9 @@ def ncnn_layer_outputs(param_path: str | Path, bin_path: str | Path, spec: Prepr
     from deploy.runners.ncnn_runner import NcnnRunner, read_param_layers
 
     layers = [layer for layer in read_param_layers(param_path) if _ncnn_kind(layer) is not None]
-    owned = runner is None
-    runner = NcnnRunner(param_path, bin_path, spec, precision) if owned else runner
-    try:
-        blobs = runner.extract_blobs(batch[0], [layer.output_blobs[0] for layer in layers])
-    finally:
-        if owned:
-            runner.close()
+    # A runner handed in is the caller's to close; only the one made here closes on the way out.
+    with NcnnRunner(param_path, bin_path, spec, precision) if runner is None else nullcontext(runner) as active:
+        blobs = active.extract_blobs(batch[0], [layer.output_blobs[0] for layer in layers])
     return [LayerOutput(layer.layer_name, layer.layer_type, _ncnn_kind(layer), blobs[layer.output_blobs[0]],
                         fused_activation=layer.param_int(9) != 0)
             for layer in layers]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.errors import DataError
+from pipeline.preprocess import PreprocessSpec
 
 
 class ModelManifestMismatch(DataError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,12 +18,12 @@ import numpy as np
 
 from deploy.formats import get_format
 from deploy.parity import ParityResult, check_parity, skipped
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_array, load_verification_sets
-from pipeline.run_layout import RunLayout
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import ExportRecord, RunLayout
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,8 +37,8 @@ class RunnerChoice:
     (the native ncnn tool on this machine, under qemu, or on a phone), with the label its rows carry."""
 
     label: str
-    make_runner: Callable[[Path, dict, PreprocessSpec, int], Runner]
-    layer_outputs: Callable[[Path, dict, PreprocessSpec, np.ndarray], list] | None = None
+    make_runner: Callable[[Path, ExportRecord, PreprocessSpec, int], Runner]
+    layer_outputs: Callable[[Path, ExportRecord, PreprocessSpec, np.ndarray], list] | None = None
 
 
 def format_runner(format_name: str) -> RunnerChoice:
@@ -96,7 +97,7 @@ def parity_inputs(run_dir: Path) -> tuple[PreprocessSpec, VerificationPairs, np.
 
 def parity_for_exports(
     export_dir: Path,
-    records: list[dict],
+    records: list[ExportRecord],
     spec: PreprocessSpec,
     pairs: VerificationPairs,
     reference: np.ndarray,
@@ -116,7 +117,7 @@ def parity_for_exports(
 
 def parity_for_record(
     export_dir: Path,
-    record: dict,
+    record: ExportRecord,
     spec: PreprocessSpec,
     subset: VerificationPairs,
     reference: np.ndarray,
@@ -148,11 +149,9 @@ def parity_for_record(
     if gate is None:
         return ParityResult(backend, precision, "error", f"no parity gate configured for precision {precision!r}")
     try:
-        backend_runner = choice.make_runner(export_dir, record, spec, threads)
-        try:
+        # closing(), not the runner's own `with`: a RunnerChoice may make any object with embed() and close() (a test's fake)
+        with closing(choice.make_runner(export_dir, record, spec, threads)) as backend_runner:
             candidate = backend_runner.embed(subset.images, batch_size=32, progress=True)
-        finally:
-            backend_runner.close()
     except Exception as error:  # a runner that cannot load or run the export is a result, not a crash
         log.error("parity %s/%s: %s", backend, precision, error)
         return ParityResult(backend, precision, "error", f"could not run the export: {type(error).__name__}: {error}")
@@ -170,7 +169,7 @@ def parity_for_record(
     return result
 
 
-def localise_failure(result: ParityResult, choice: RunnerChoice, export_dir: Path, record: dict, spec: PreprocessSpec,
+def localise_failure(result: ParityResult, choice: RunnerChoice, export_dir: Path, record: ExportRecord, spec: PreprocessSpec,
               subset: VerificationPairs, gate: GateConfig, model: nn.Module | None) -> None:
     """Name the first layer that diverges on the worst image, where the runner can list its layer outputs."""
     layer_outputs = choice.layer_outputs
@@ -195,7 +194,7 @@ def localise_failure(result: ParityResult, choice: RunnerChoice, export_dir: Pat
     log.info("parity %s: %s", result.label, divergence.summary())
 
 
-def dropped_result(record: dict) -> ParityResult:
+def dropped_result(record: ExportRecord) -> ParityResult:
     """The parity row of an INT8 export that failed its gate at export time and was not kept."""
     gate_result = dict(record.get("gate_result") or {})
     keep = {key: gate_result.get(key) for key in (

@@ -4,8 +4,8 @@
 # Needs torch in the image (build it with TORCH_INDEX_URL; the TensorRT runner needs torch anyway).
 #   docker run --runtime nvidia -v $PWD/runs/default:/run --entrypoint docker/device-parity.sh face-distill:jetson /run
 set -euo pipefail
-usage="usage: device-parity.sh RUN_DIR [PROFILE] [python -m deploy.device_parity here options]"
+usage="usage: device-parity.sh RUN_DIR [PROFILE] [python -m app.device_parity here options]"
 run_dir=${1:?$usage}
 profile=${2:-default}
 shift $(( $# >= 2 ? 2 : 1 ))
-exec python3 -m deploy.device_parity --run-dir "$run_dir" --profile "$profile" here --formats tensorrt "$@"
+exec python3 -m app.device_parity --run-dir "$run_dir" --profile "$profile" here --formats tensorrt "$@"

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.export_catalog import options_taken, parse_format_entry, readers_of
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -22,13 +23,23 @@ class Section(BaseModel):
 
 
 class SyntheticDataConfig(Section):
-    num_train_identities: int = Field(200, ge=2)
+    """The generated face set (pipeline/data/synthetic): the generator takes this, plus the run's image size and seed."""
+
+    # training ids are 0..N-1 and verification ids start at 2**30 (synthetic.seeds.VERIFICATION_ID_OFFSET): never shared
+    num_train_identities: int = Field(200, ge=2, le=1 << 30)
     images_per_identity: int = Field(20, ge=2)
     num_verification_identities: int = Field(60, ge=2)
     images_per_verification_identity: int = Field(6, ge=2)
-    num_pairs: int = Field(600, ge=2)
+    num_pairs: int = Field(600, ge=2, description="verification pairs, half same identity and half different")
     occlusion_probability: float = Field(0.15, ge=0.0, le=1.0)
     nuisance_strength: float = Field(1.0, ge=0.0, description="scales pose/lighting/blur/noise/JPEG; 0 = clean frontal faces")
+
+    @field_validator("num_pairs")
+    @classmethod
+    def _pairs_even(cls, num_pairs: int) -> int:
+        if num_pairs % 2:
+            raise ValueError(f"num_pairs must be even (half same, half different), got {num_pairs}")
+        return num_pairs
 
 
 def expand_data_root(path: str | None) -> str | None:
@@ -97,7 +108,7 @@ class DataConfig(Section):
     train_path: str | None = None
     extra_sources: list[ExtraSourceConfig] = []
     verification: list[VerificationSetConfig] = []
-    image_size: int = 112
+    image_size: int = Field(112, ge=16)
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     min_images_per_identity: int = Field(1, ge=1, description="user data: drop identities with fewer training images")
     max_identities: int | None = Field(None, ge=2, description="user data: keep only the first N identities (by label) left")
@@ -253,7 +264,7 @@ class DistillVariant(Section):
 
 
 class AblationConfig(Section):
-    """`benchmarks/ablation.py`: every variant trained with each seed on the same data, teacher and budget."""
+    """`app/ablation.py`: every variant trained with each seed on the same data, teacher and budget."""
 
     seeds: list[int] = Field([0, 1, 2], min_length=1)
     variants: dict[str, DistillVariant] = {}
@@ -299,6 +310,19 @@ class ParityConfig(Section):
     localize: bool = Field(True, description="on a numeric failure, name the first layer that diverges (ONNX, ncnn)")
 
 
+HOST_TARGET = "host"
+ARM64_PREFIX = "arm64:"
+
+
+def parse_target_entry(entry: str) -> tuple[str, str | None]:
+    """'host' -> ("host", None); 'arm64:cortex-a53' -> ("aarch64-linux", "cortex-a53"); anything else: ValueError."""
+    if entry == HOST_TARGET:
+        return "host", None
+    if entry.startswith(ARM64_PREFIX) and entry[len(ARM64_PREFIX):]:
+        return "aarch64-linux", entry[len(ARM64_PREFIX):]
+    raise ValueError(f"native target {entry!r}: expected 'host' or 'arm64:<qemu cpu>' (e.g. arm64:max, arm64:cortex-a53)")
+
+
 class NativeParityConfig(Section):
     """Parity of the ncnn export through the project's C++ tool (deploy/native): ncnn's C++ path on this machine
     ("host") and ncnn's ARM kernels under qemu-aarch64 ("arm64:<qemu cpu>": "arm64:max" has ARMv8.2 fp16 arithmetic
@@ -315,8 +339,6 @@ class NativeParityConfig(Section):
     @field_validator("targets")
     @classmethod
     def _known_targets(cls, targets: list[str]) -> list[str]:
-        from deploy.native.tool_host import parse_target_entry
-
         for entry in targets:
             parse_target_entry(entry)
         return targets
@@ -341,11 +363,25 @@ class ExportConfig(Section):
     tensorrt_opt_batch: int = Field(1, ge=1, description="the batch TensorRT tunes kernels for")
     tensorrt_workspace_mib: int = Field(1024, ge=16)
 
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str]) -> list[str]:
+        for entry in formats:
+            parse_format_entry(entry)
+        return formats
+
+    @model_validator(mode="after")
+    def _options_a_listed_format_reads(self) -> ExportConfig:
+        """An option no listed format reads would do nothing (Ultralytics' per-format arguments): say who reads it."""
+        for option in sorted(self.model_fields_set - options_taken(self.formats)):
+            raise ValueError(f"{option} is read only by {', '.join(readers_of(option))}, and formats lists none of them")
+        return self
+
     @field_validator("ncnn_fp16_arithmetic_off")
     @classmethod
     def _known_layer_types(cls, selectors: list[str]) -> list[str]:
         """A mistyped layer type would mask nothing and fail only on ARM; layer names are checked against the .param."""
-        from deploy.export.ncnn_layer_types import layer_type_problem
+        from pipeline.ncnn_layer_types import layer_type_problem
 
         problem = layer_type_problem(selectors)
         if problem is not None:
@@ -425,6 +461,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     overrides = overrides or {}
     raw = _read_profile(path, seen=())
     _drop_what_belonged_to(raw, [key for key in _BELONGS_TO if key in overrides and overrides[key] != _get_dotted(raw, key)])
+    _drop_options_new_formats_do_not_read(raw, overrides)
     for dotted, value in overrides.items():
         try:
             _set_dotted(raw, dotted, value)
@@ -464,6 +501,20 @@ def _drop_what_belonged_to(raw: dict, replaced: list[str]) -> None:
         for dependent in _BELONGS_TO[key]:
             if isinstance(section, dict):
                 section.pop(dependent, None)
+
+
+def _drop_options_new_formats_do_not_read(raw: dict, overrides: dict[str, Any]) -> None:
+    """A --set of export.formats replaces the profile's options for formats it no longer lists (e.g. the default's INT8
+    calibration set under `--set export.formats=[onnx:fp32]`); options the same command sets stay, and are checked."""
+    section = raw.get("export")
+    if "export.formats" not in overrides or not isinstance(section, dict) or not isinstance(overrides["export.formats"], list):
+        return
+    try:
+        taken = options_taken(overrides["export.formats"])
+    except ValueError:
+        return  # the formats themselves are wrong: validation names the --set
+    for option in [key for key in section if key not in taken and f"export.{key}" not in overrides]:
+        section.pop(option)
 
 
 def apt_teacher_problem(config: RunConfig) -> tuple[str, str] | None:

@@ -11,6 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError, with_config
+from typing_extensions import NotRequired, TypedDict  # pydantic validates only this TypedDict on Python < 3.12
+
+from pipeline.errors import DataError
+from pipeline.export_catalog import FORMAT_SPECS
 
 EXPORTS_FILE = "exports.json"  # export stage: one record per exported artifact
 MODEL_MANIFEST = "model_manifest.json"  # export stage: model name and preprocessing spec beside the exported files
@@ -20,8 +27,8 @@ PARITY_FILE = "parity.json"  # parity stage: every export against the PyTorch re
 NATIVE_PARITY_DIR, NATIVE_PARITY_FILE = "native_parity", "native_parity.json"  # the C++ tool's parity rows
 DEVICE_PARITY_GLOB = "devices/parity/*.json"  # written by `make parity-android` / the Jetson image, same schema
 REPORT_FILE = "report.md"  # report stage (report.html beside it)
-ABLATION_DIR = "ablation"  # benchmarks/ablation.py: its table, read by the report
-BUDGET_FILE = "budget.json"  # benchmarks/budgeted_run.py: the step count a wall-clock budget gave
+ABLATION_DIR = "ablation"  # app/ablation.py: its table, read by the report
+BUDGET_FILE = "budget.json"  # app/budgeted_run.py: the step count a wall-clock budget gave
 
 
 def reference_embeddings_name(set_name: str) -> str:
@@ -69,6 +76,10 @@ class RunLayout:
         """Where device parity for the device called `name` goes (a phone's serial, 'jetson-<host>')."""
         return self.run_dir / DEVICE_PARITY_GLOB.rpartition("/")[0] / f"{name}.json"
 
+    def device_engine_dir(self, name: str) -> Path:
+        """TensorRT engines device parity built on the device called `name` (the export folder stays the host's)."""
+        return self.run_dir / DEVICE_PARITY_GLOB.partition("/")[0] / "engines" / name
+
     def device_parity_files(self) -> list[Path]:
         return sorted(self.run_dir.glob(DEVICE_PARITY_GLOB))
 
@@ -83,6 +94,61 @@ class RunLayout:
     @property
     def budget_file(self) -> Path:
         return self.run_dir / BUDGET_FILE
+
+
+ExportStatus = Literal["exported", "skipped", "failed", "dropped"]
+
+
+def _known_format(name: str) -> str:
+    if name not in FORMAT_SPECS:
+        raise ValueError(f"unknown export format {name!r}")
+    return name
+
+
+@with_config(ConfigDict(extra="allow"))
+class ExportRecord(TypedDict):
+    """One format x precision in exports.json, as the export stage writes it and every reader may rely on it.
+
+    A TypedDict (records are JSON documents, read as such by the deploy images) validated by pydantic where it is
+    written and where it is read: a status outside `ExportStatus` or a missing file list is an error naming the file,
+    not a KeyError three modules later. A format's own facts (opset, blob names, the int8 gate's numbers, ...) ride
+    along as extra keys."""
+
+    format: Annotated[str, AfterValidator(_known_format)]
+    precision: Literal["fp32", "fp16", "int8"]
+    status: ExportStatus
+    files: list[str]
+    reason: NotRequired[str]  # why skipped or dropped
+    error: NotRequired[str]  # why failed
+    export_time_s: NotRequired[float]
+    bytes: NotRequired[int]
+
+
+EXPORT_RECORDS = TypeAdapter(list[ExportRecord])
+
+
+def checked_export_records(records: list[dict], source: Path) -> list[ExportRecord]:
+    """`records` validated as export records; a wrong one is a one-line DataError naming `source` and the field."""
+    try:
+        return EXPORT_RECORDS.validate_python(records)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise DataError(source, f"export record {where}: {error['msg']}") from None
+
+
+def read_export_records(export_dir: Path) -> list[ExportRecord]:
+    """An export folder's exports.json, checked (a run's export/, or a device's rebuilt copy of it)."""
+    path = Path(export_dir) / EXPORTS_FILE
+    try:
+        records = json.loads(path.read_text())
+    except OSError as exc:
+        raise DataError(path, f"cannot read the export records ({exc.strerror or exc}): run the export stage first") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(records, list):
+        raise DataError(path, "expected a list of export records")
+    return checked_export_records(records, path)
 
 
 def failed_parity(parity_payload: dict) -> list[dict]:

@@ -54,7 +54,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the whole pipeline once on the tiny profile; tests read its artifacts."""
-    from pipeline.stages import STAGES
+    from app.stages import STAGES
     from pipeline.stages.runner import StageRunner
 
     runs_dir = tmp_path_factory.mktemp("runs")

@@ -7,7 +7,8 @@ import statistics
 
 import pytest
 
-from benchmarks.ablation import ablation_rows, claims, format_table, paired_difference, run_ablation, stored_ablation
+from app.ablation import run_ablation
+from benchmarks.ablation_tables import ablation_rows, claims, format_table, paired_difference, stored_ablation
 from pipeline.config import load_config, profile_path
 
 
@@ -101,7 +102,7 @@ def test_tiny_ablation_writes_the_table_and_reuses_finished_trainings(tmp_path):
 ])
 def test_bad_input_exits_2_with_one_line_before_any_work(tmp_path, capsys, arguments, error):
     """Issue 21: every other tool exits 2 on bad input; the ablation exited 1 (and a bad --seeds was a traceback)."""
-    from benchmarks.ablation import main
+    from app.ablation import main
 
     assert main(["--runs-dir", str(tmp_path), *arguments]) == 2
     printed = capsys.readouterr()
@@ -127,7 +128,7 @@ def test_the_run_report_states_each_claim_with_its_interval_and_verdict(tmp_path
 
 
 def test_objective_text_leaves_out_a_margin_loss_that_is_off():
-    from benchmarks.ablation import _objective_text
+    from benchmarks.ablation_tables import _objective_text
 
     kd_alone = {"losses": [{"name": "embedding_kd", "weight": 1.0}], "apt": None, "margin_weight": 0.0}
     assert _objective_text(kd_alone) == "1·embedding_kd"

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.cli import main
 from pipeline.align.folder import REPORT_FILE, align_folder, landmarks_file_source, list_photos
 from pipeline.align.landmarks import DLIB68_FIVE_POINTS_ON_ARCFACE_112, five_points_from_68, read_landmarks_file
 from pipeline.align.transform import ARCFACE_TEMPLATE_112, align_face, apply_transform, similarity_transform
-from pipeline.cli import main
 from pipeline.data.image_decode import encode_face, read_face
 from pipeline.data.image_folder import load_image_folder
 from pipeline.data.real_data import default_real_data_root, expected_real_data_root
@@ -123,10 +123,12 @@ def raw_photos(tmp_path) -> tuple[Path, Path, dict[str, np.ndarray]]:
     Layout: two identity folders, two photos named by identity at the top level (Yale style, no extension), a photo
     left out of the landmarks file and an undecodable one.
     """
-    from pipeline.data.synthetic import SyntheticFaceConfig, generate_dataset
+    from pipeline.config import SyntheticDataConfig
+    from pipeline.data.synthetic import generate_dataset
 
-    faces, _ = generate_dataset(SyntheticFaceConfig(num_train_identities=2, images_per_identity=3, num_verification_identities=2,
-                                                    images_per_verification_identity=2, num_pairs=2, nuisance_strength=0.0))
+    faces, _ = generate_dataset(SyntheticDataConfig(num_train_identities=2, images_per_identity=3, num_verification_identities=2,
+                                                    images_per_verification_identity=2, num_pairs=2, nuisance_strength=0.0),
+                                image_size=112, seed=0)
     src = tmp_path / "photos"
     originals, rows = {}, []
     names = ["ann/a1.jpg", "ann/a2.png", "bob/b1.png", "carl.happy", "carl.sad", "bob/b2.png"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.android import REMOTE_DIR, AdbError, choose_device, describe_android_device, elf_abis, parse_getprop
-from benchmarks.benchncnn import BENCHNCNN_BACKEND, NOT_FOUND_REASON, benchncnn_arguments, parse_benchncnn_output, results_from_benchncnn
+from benchmarks.benchncnn import BENCHNCNN_BACKEND, benchncnn_arguments, parse_benchncnn_output, results_from_benchncnn
 from benchmarks.latency import load_latency_document
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +83,29 @@ def test_getprop_becomes_the_device_tag() -> None:
     device = describe_android_device(parse_getprop((PHONE / "getprop.txt").read_text()))
     assert device["kind"] == "android" and device["name"] == "OnePlus HD1903"
     assert device["abi"] == "arm64-v8a" and device["cpu"] == "Qualcomm SM8150" and device["sdk"] == "31"
+
+
+@pytest.mark.parametrize("fixture, emulated", [("phone", False), ("x86_emulator", True), ("qemu_phone", True)])
+def test_an_emulator_is_told_from_a_phone_by_its_properties(fixture: str, emulated: bool) -> None:
+    assert describe_android_device(parse_getprop((FIXTURES / fixture / "getprop.txt").read_text()))["emulated"] is emulated
+
+
+def test_the_report_keeps_emulated_devices_apart_from_real_ones(tmp_path: Path) -> None:
+    """Emulated times under their own heading, never in the table of devices whose times are latency."""
+    from benchmarks.latency import latency_document
+    from benchmarks.report import _devices_section
+    from benchmarks.report_document import Document
+
+    rows = results_from_benchncnn(parse_benchncnn_output((PHONE / "benchncnn_threads1.txt").read_text()), PARAM_NAME)
+    for name, fixture in (("android_phone.json", "phone"), ("android_qemu.json", "qemu_phone")):
+        device = describe_android_device(parse_getprop((FIXTURES / fixture / "getprop.txt").read_text()))
+        (tmp_path / name).write_text(json.dumps(latency_document(rows, [], device, {}, None, {})))
+    doc = Document("report")
+    _devices_section(doc, tmp_path)
+    text = doc.to_markdown()
+    real, _, emulated = text.partition("Emulated devices (not latency)")
+    assert "android_phone.json" in real and "android_qemu.json" not in real
+    assert "android_qemu.json" in emulated and "android_phone.json" not in emulated
 
 
 def test_choosing_a_device_explains_each_refusal() -> None:
@@ -163,10 +186,16 @@ def test_without_a_device_it_fails_with_a_clear_message(phone_run: dict) -> None
 
 
 def test_without_adb_or_benchncnn_it_says_what_is_missing(phone_run: dict, tmp_path: Path) -> None:
+    """No benchncnn anywhere is not an error (the project's face_bench stands in: tests/test_native.py); a benchncnn
+    path that is not there is, and so is no adb, before anything is built."""
     phone_run["env"]["PATH"] = str(tmp_path / "empty")
+    completed = subprocess.run([sys.executable, "-m", "benchmarks.android", "--run-dir", str(phone_run["run_dir"]),
+                                "--benchncnn", str(tmp_path / "missing" / "benchncnn")],
+                               capture_output=True, text=True, env=phone_run["env"], cwd=REPO_ROOT, timeout=120)
+    assert completed.returncode == 2 and "missing/benchncnn" in completed.stderr, completed.stderr
     completed = subprocess.run([sys.executable, "-m", "benchmarks.android", "--run-dir", str(phone_run["run_dir"])],
                                capture_output=True, text=True, env=phone_run["env"], cwd=REPO_ROOT, timeout=120)
-    assert completed.returncode == 2 and NOT_FOUND_REASON in completed.stderr
+    assert completed.returncode == 2 and "adb not found" in completed.stderr and "face_bench" not in completed.stderr
     completed = run_android(phone_run)
     assert completed.returncode == 2 and "adb not found" in completed.stderr
 

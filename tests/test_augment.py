@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.config import AugmentConfig, MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.augment import augment_faces
@@ -17,6 +16,7 @@ from pipeline.distill.teacher_signals import FrozenTeacher
 from pipeline.distill.trainer import WeightedLoss, train_recognition_model
 from pipeline.errors import PipelineError
 from pipeline.models.registry import create_model
+from pipeline.preprocess import PreprocessSpec
 
 OFF = AugmentConfig(scale=0, shift=0, rotate_degrees=0, brightness=0, contrast=0, saturation=0, grayscale_probability=0,
                     blur_probability=0, jpeg_probability=0, occlusion_probability=0)
@@ -130,8 +130,8 @@ def test_cached_signals_refuse_augmentation(tmp_path):
 
 def test_training_tensor_is_preprocess_of_the_augmented_faces():
     """The device-side normalisation is `preprocess`'s arithmetic: training sees what every runner would be fed."""
-    from deploy.preprocess import preprocess
     from pipeline.distill.batches import images_to_tensor
+    from pipeline.preprocess import preprocess
 
     images, seeds, flipped = faces(6, 112), np.arange(6, dtype=np.uint64), np.array([0, 1, 0, 1, 1, 0], bool)
     for spec in (PreprocessSpec(), PreprocessSpec(color_order="BGR", mean=(1.0, 2.0, 3.0), std=(50.0, 60.0, 70.0))):

@@ -1,6 +1,6 @@
 """Bad input of every kind ends in one line that names the file and the problem, and the CLI exits non-zero.
 
-Most cases go through `pipeline.cli.main` in-process (the same code path as `python -m pipeline`, without the
+Most cases go through `app.cli.main` in-process (the same code path as `python -m pipeline`, without the
 import cost of a new interpreter); two run the real executable: a config error, and a disk that fills up
 (RLIMIT_FSIZE makes the kernel fail the write, as ENOSPC would). A real ENOSPC runs on a tiny tmpfs inside a
 private mount namespace where the machine allows it.
@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.preprocess import PreprocessSpec
+from app.cli import main
 from pipeline.artifacts import ArtifactWriteError, sha256_file, write_json_atomic
-from pipeline.cli import main
 from pipeline.config import CONFIG_DIR
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.binset import write_bin
@@ -39,6 +38,7 @@ from pipeline.distill.trainer import NonFiniteLossError, WeightedLoss
 from pipeline.errors import DataError
 from pipeline.models.registry import create_model
 from pipeline.models.saved import save_weights
+from pipeline.preprocess import PreprocessSpec
 from tests.conftest import REPO_ROOT
 from tests.test_trainer import tiny_faces, train
 

@@ -1,4 +1,4 @@
-"""benchmarks.budgeted_run: a wall-clock budget becomes a fixed step count measured on this machine, then a run."""
+"""app.budgeted_run: a wall-clock budget becomes a fixed step count measured on this machine, then a run."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks.budgeted_run import main, steady_images_per_s, steps_for_budget
+from app.budgeted_run import main, steady_images_per_s, steps_for_budget
 from pipeline.errors import PipelineError
 from pipeline.run_layout import RunLayout
 from pipeline.stages.fingerprint import read_manifest

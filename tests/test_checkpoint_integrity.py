@@ -16,13 +16,13 @@ from safetensors.torch import save_file
 
 from deploy.parity import check_parity
 from deploy.parity_run import RunnerChoice, parity_for_record
-from deploy.preprocess import PreprocessSpec
 from pipeline.config import MarginConfig, OptimConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.distill.checkpoint import PREVIOUS_FILE, TENSORS_FILE, CheckpointDamaged, load_checkpoint, resume_checkpoint, save_checkpoint
 from pipeline.distill.trainer import TrainingInterrupted, train_recognition_model
 from pipeline.errors import DataError
 from pipeline.models.saved import NonFiniteWeightsError, load_external_weights, save_model, save_weights
+from pipeline.preprocess import PreprocessSpec
 from tests.test_trainer import SPEC, small_student, tiny_faces
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

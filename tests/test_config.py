@@ -51,7 +51,7 @@ def test_dotted_overrides_apply():
 
 
 def test_a_model_argument_typo_from_set_is_one_line_naming_set_before_any_stage(tmp_path, capsys):
-    from pipeline.cli import main
+    from app.cli import main
 
     status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--set", "teacher.model_args.dpeth=1"])
     error = capsys.readouterr().err.strip()
@@ -91,7 +91,7 @@ def test_a_set_error_names_the_set_not_the_profile():
 
 
 def test_a_missing_or_folder_teacher_checkpoint_is_one_line_before_any_stage(tmp_path, capsys):
-    from pipeline.cli import main
+    from app.cli import main
 
     for given, problem in ((tmp_path / "absent.pt", "teacher checkpoint does not exist"),
                            (tmp_path, "teacher checkpoint is a folder, not a file")):
@@ -104,7 +104,7 @@ def test_a_missing_or_folder_teacher_checkpoint_is_one_line_before_any_stage(tmp
 
 
 def test_a_mistyped_ncnn_layer_type_from_set_is_one_line_naming_the_set_and_the_allowed_types(tmp_path, capsys):
-    from pipeline.cli import main
+    from app.cli import main
 
     status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--set",
                    'export.ncnn_fp16_arithmetic_off=["ConvolutionDepthwise"]'])

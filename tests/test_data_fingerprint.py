@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.stages import STAGES
+from app.stages.data_stage import data_input_digests
 from pipeline import artifacts
 from pipeline.artifacts import HashMemo, sha256_file
 from pipeline.config import load_config, profile_path
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.binset import write_bin
 from pipeline.data.image_decode import encode_face
-from pipeline.stages import STAGES
-from pipeline.stages.data_stage import data_input_digests
 from pipeline.stages.fingerprint import INPUT_HASHES
 from pipeline.stages.runner import StageRunner
 

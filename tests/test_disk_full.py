@@ -18,14 +18,14 @@ import onnx
 import pytest
 from torch import nn
 
+from app.cli import print_summary
+from app.stages.export_stage import export_one
 from deploy.formats import FORMATS, ExportFormat, ExportRequest
-from deploy.preprocess import PreprocessSpec
 from pipeline.artifacts import ArtifactWriteError, write_bytes_atomic
-from pipeline.cli import print_summary
 from pipeline.config import RunConfig
 from pipeline.errors import DataError
+from pipeline.preprocess import PreprocessSpec
 from pipeline.stages.common import write_json
-from pipeline.stages.export_stage import export_one
 from pipeline.stages.runner import Stage, StageContext, StageRunner
 from tests.conftest import REPO_ROOT
 
@@ -92,7 +92,7 @@ def test_the_kernel_refusing_a_write_fails_the_stage_and_keeps_the_previous_resu
         from pathlib import Path
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, resource.RLIM_INFINITY))
-        from pipeline.cli import one_line
+        from app.cli import one_line
         from pipeline.config import RunConfig
         from pipeline.errors import PipelineError
         from pipeline.stages.runner import StageRunner

@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from deploy.preprocess import preprocess
 from pipeline.data.store import load_verification_sets
 from pipeline.models.saved import load_model
+from pipeline.preprocess import preprocess
 from pipeline.stages.common import run_preprocess_spec
 from tests.conftest import REPO_ROOT
 

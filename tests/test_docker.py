@@ -65,7 +65,7 @@ def test_every_pinned_package_in_a_dockerfile_matches_pyproject(dockerfile: Path
 def test_both_images_install_the_same_deploy_layer(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     assert "pip install --no-cache-dir -r docker/requirements-deploy.txt" in text
-    for folder in ("pipeline", "deploy", "benchmarks"):
+    for folder in ("pipeline", "deploy", "benchmarks", "app"):
         assert f"COPY {folder} {folder}" in text
     assert 'ENTRYPOINT ["docker/device-benchmark.sh"]' in text
 
@@ -87,6 +87,6 @@ def test_device_benchmark_imports_only_copied_modules_that_parse_as_python_310()
     assert project_files
     for path in project_files:
         relative = path.relative_to(REPO_ROOT)
-        assert relative.parts[0] in {"pipeline", "deploy", "benchmarks"}, relative
+        assert relative.parts[0] in {"pipeline", "deploy", "benchmarks", "app"}, relative
         ast.parse(path.read_text(), filename=str(relative), feature_version=(3, 10))
     assert (REPO_ROOT / "docker" / "device-benchmark.sh").stat().st_mode & 0o111

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cli import main
+from app.cli import main
 from pipeline.data.real_data import default_models_root, default_real_data_root, expected_models_root, expected_real_data_root
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.distill.objective import teacher_extents, teacher_token_shapes

@@ -10,10 +10,10 @@ import dataclasses
 import onnx
 import pytest
 
+from app.stages.evaluate_stage import reference_embeddings_name
 from deploy.parity_run import parity_for_exports
-from deploy.preprocess import PreprocessSpec
 from pipeline.data.store import load_array, load_verification_sets
-from pipeline.stages.evaluate_stage import reference_embeddings_name
+from pipeline.preprocess import PreprocessSpec
 from pipeline.run_layout import failed_parity
 from tests.conftest import read_json
 
@@ -93,7 +93,7 @@ def test_rerun_is_fully_cached(tiny_run):
 
 
 def test_cli_prints_summary_and_exits_zero(tiny_run, capsys):
-    from pipeline.cli import main
+    from app.cli import main
 
     code = main(["run", "--profile", "tiny", "--runs-dir", str(tiny_run["runs_dir"])])
     printed = capsys.readouterr().out

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from app.cli import main
 from pipeline.data.store import load_verification_sets
 from tests.conftest import read_json
 

@@ -79,8 +79,8 @@ def test_tiny_run_reports_every_backend_and_precision(tiny_run):
 def test_the_ncnn_fp16_export_receives_the_configs_featmask_when_the_profile_says_nothing(monkeypatch, tmp_path):
     from deploy.export import ncnn_export
     from deploy.formats import ExportRequest
-    from deploy.preprocess import PreprocessSpec
     from pipeline.config import ExportConfig
+    from pipeline.preprocess import PreprocessSpec
 
     passed: list[tuple[str, ...]] = []
 

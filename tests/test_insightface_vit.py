@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.cli import main
+from app.cli import main
 from pipeline.errors import ConfigError, DataError
 from pipeline.models.insightface_vit import (
     INSIGHTFACE_VIT_VARIANTS,

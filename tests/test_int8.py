@@ -7,18 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from app.stages.export_stage import keep_if_int8_gate_passes
 from deploy.export.calibration import draw_calibration_images, kl_threshold, percentile_threshold
 from deploy.export.ncnn_export import export_ncnn
 from deploy.export.ncnn_int8 import quantise_ncnn_export, weight_scales
 from deploy.export.ncnn_model import TAG_INT8, read_ncnn_model, write_ncnn_model
 from deploy.export.onnx_int8 import export_onnx_int8
 from deploy.parity_run import parity_for_record, parity_subset
-from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.ncnn_runner import NcnnRunner
 from deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
 from pipeline.config import GateConfig, ParityConfig
 from pipeline.data.arrays import VerificationPairs
-from pipeline.stages.export_stage import keep_if_int8_gate_passes
+from pipeline.preprocess import PreprocessSpec, preprocess
 from pipeline.run_layout import failed_parity
 from tests.conftest import input_sensitive_student
 

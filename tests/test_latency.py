@@ -30,11 +30,11 @@ from benchmarks.latency import (
     usable_thread_counts,
 )
 from benchmarks.memory import peak_memory
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.onnxruntime_runner import OnnxRuntimeRunner
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import BenchmarkConfig
 from pipeline.errors import DataError
+from pipeline.preprocess import PreprocessSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPEC = PreprocessSpec(height=16, width=16, embedding_dim=8)
@@ -77,9 +77,9 @@ class CountingRunner(OnnxRuntimeRunner):
     calls = 0
     closed = 0
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         CountingRunner.calls += 1
-        return super().infer(batch)
+        return super()._infer(batch)
 
     def close(self) -> None:
         CountingRunner.closed += 1

@@ -16,9 +16,9 @@ from deploy.localize import (
     align, first_divergent_layer, ncnn_layer_outputs, onnx_layer_outputs, onnx_module_path, torch_layer_outputs,
 )
 from deploy.parity_run import parity_for_record, parity_subset
-from deploy.preprocess import PreprocessSpec, preprocess
 from pipeline.config import ParityConfig
 from pipeline.data.arrays import VerificationPairs
+from pipeline.preprocess import PreprocessSpec, preprocess
 from tests.conftest import input_sensitive_student
 
 SPEC = PreprocessSpec()

@@ -61,7 +61,7 @@ def test_an_argument_the_builder_sets_itself_is_named_as_such_not_passed_twice()
 
 
 def test_a_value_the_builder_refuses_is_one_line_exit_2_not_a_traceback(tmp_path, capsys):
-    from pipeline.cli import main
+    from app.cli import main
 
     status = main(["run", "--profile", "tiny", "--runs-dir", str(tmp_path), "--until", "teacher",
                    "--set", "teacher.model_args.patch_size=15", "--set", "data.synthetic.num_train_identities=2",

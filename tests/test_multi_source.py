@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from app.cli import main
+from app.stages.data_stage import concatenate_sources, load_extra_source
 from pipeline.config import ExtraSourceConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.data.store import load_training_set
 from pipeline.distill.trainer import usable_rows
 from pipeline.errors import PipelineError
-from pipeline.stages.data_stage import concatenate_sources, load_extra_source
 from tests.conftest import read_json
 
 

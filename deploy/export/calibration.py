@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deploy.preprocess import PreprocessSpec, preprocess
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 
 def draw_calibration_images(train_images: np.ndarray, count: int) -> np.ndarray:

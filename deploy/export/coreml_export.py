@@ -20,7 +20,7 @@ import coremltools as ct
 import numpy as np
 import torch
 
-from deploy.preprocess import PreprocessSpec
+from pipeline.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 

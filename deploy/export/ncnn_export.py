@@ -19,10 +19,10 @@ import pnnx
 import torch
 
 from deploy.export.ncnn_model import mask_fp16_arithmetic
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.ncnn_runner import io_blob_names, read_param_layers
 from pipeline.artifacts import atomic_path
 from pipeline.config import ExportConfig
+from pipeline.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 

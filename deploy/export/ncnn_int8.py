@@ -33,8 +33,8 @@ from deploy.export.ncnn_export import export_ncnn, ncnn_file_names
 from deploy.export.ncnn_model import (
     QUANTISABLE_LAYERS, NcnnModel, NcnnModelLayer, WeightArray, read_ncnn_model, with_param, write_ncnn_model,
 )
-from deploy.preprocess import PreprocessSpec, preprocess
 from deploy.runners.ncnn_runner import NcnnRunner, io_blob_names
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,7 @@ def calibrate_activation_scales(
         raise ValueError(f"{param_path}: float_layers names layers that do not exist: {', '.join(sorted(unknown))}")
     blobs = sorted(set(targets.values()))
     tensors = preprocess(np.asarray(images_rgb), spec)
-    runner = NcnnRunner(param_path, bin_path, spec, "fp32")
-    try:
+    with NcnnRunner(param_path, bin_path, spec, "fp32") as runner:
         maxima = dict.fromkeys(blobs, 0.0)
         for image in tensors:
             for blob, values in runner.extract_blobs(image, blobs).items():
@@ -141,8 +140,6 @@ def calibrate_activation_scales(
             for blob, values in runner.extract_blobs(image, blobs).items():
                 if maxima[blob] > 0:
                     histograms[blob] += np.histogram(np.abs(values), HISTOGRAM_BINS, (0.0, maxima[blob]))[0]
-    finally:
-        runner.close()
     choose = {"kl": kl_threshold, "percentile": percentile_threshold, "max": lambda h, width: width * len(h)}[method]
     thresholds = {blob: choose(histograms[blob], maxima[blob] / HISTOGRAM_BINS) if maxima[blob] > 0 else 1.0 for blob in blobs}
     return {layer: 127.0 / thresholds[blob] for layer, blob in targets.items()}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.export.ncnn_layer_types import layer_type_problem, names_a_layer_type
 from deploy.runners.ncnn_runner import NCNN_PARAM_MAGIC, NcnnLayer, read_param_layers
 from pipeline.artifacts import atomic_path
+from pipeline.ncnn_layer_types import layer_type_problem, names_a_layer_type
 
 TAG_FP16 = 0x01306B47
 TAG_INT8 = 0x000D4B38

@@ -10,8 +10,8 @@ import onnx
 import torch
 from torch import nn
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.artifacts import atomic_path
+from pipeline.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from deploy.export.calibration import calibration_batches
 from deploy.export.onnx_export import export_onnx
-from deploy.preprocess import PreprocessSpec
 from pipeline.artifacts import atomic_path
+from pipeline.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

@@ -261,6 +261,16 @@ def build_tools(target: Target, root: Path | None = None, progress: bool = True)
     return NativeTools(target, out / "bin" / TOOLS[0], out / "bin" / TOOLS[1], json.loads(facts_path.read_text()))
 
 
+
+def phone_tools(progress: bool = True) -> NativeTools:
+    """The tools an Android phone runs: the NDK build where ANDROID_NDK is set, else the static aarch64 Linux build.
+
+    A statically linked aarch64 ELF needs neither bionic nor the NDK: Android's shell runs it from /data/local/tmp as
+    it is (what only a phone shows: its own CPU's kernels and timings). Built once, cached in build/."""
+    targets = available_targets()
+    return build_tools(targets.get("android-arm64") or targets["aarch64-linux"], progress=progress)
+
+
 def _ncnn_cmake_dir(prefix: Path) -> Path:
     found = sorted(prefix.glob("lib*/cmake/ncnn"))
     if not found:

@@ -15,6 +15,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from pipeline.config import parse_target_entry
 from pipeline.errors import PipelineError
 
 
@@ -117,8 +118,9 @@ class AdbHost(ToolHost):
 
     def __init__(self, adb, tool: Path, device: dict, remote_dir: str) -> None:
         self.adb, self.device, self.remote_dir = adb, device, remote_dir
-        self.label = f"ncnn-android ({device.get('name', '?')}, {device.get('abi', '?')}, {device.get('cpu', '?')})"
-        self.kind = "android"
+        emulated = ", emulated" if device.get("emulated") else ""
+        self.label = f"ncnn-android ({device.get('name', '?')}, {device.get('abi', '?')}, {device.get('cpu', '?')}{emulated})"
+        self.kind = "android-emulated" if emulated else "android"
         self._pushed: dict[str, str] = {}
         self.adb.shell(f"mkdir -p {shlex.quote(remote_dir)}")
         self.remote_tool = self.place(tool)
@@ -159,19 +161,6 @@ class AdbHost(ToolHost):
             self.adb.shell(f"rm -rf {shlex.quote(self.remote_dir)}")
         except PipelineError:
             pass  # the phone went away: nothing left to clean here
-
-
-HOST_TARGET = "host"
-ARM64_PREFIX = "arm64:"
-
-
-def parse_target_entry(entry: str) -> tuple[str, str | None]:
-    """'host' -> ("host", None); 'arm64:cortex-a53' -> ("aarch64-linux", "cortex-a53"); anything else: ValueError."""
-    if entry == HOST_TARGET:
-        return "host", None
-    if entry.startswith(ARM64_PREFIX) and entry[len(ARM64_PREFIX):]:
-        return "aarch64-linux", entry[len(ARM64_PREFIX):]
-    raise ValueError(f"native target {entry!r}: expected 'host' or 'arm64:<qemu cpu>' (e.g. arm64:max, arm64:cortex-a53)")
 
 
 def open_local_host(entry: str, progress: bool = True) -> tuple[LocalHost, dict]:

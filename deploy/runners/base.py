@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from dataclasses import replace
+from typing import Self
 
 import numpy as np
 from tqdm import tqdm
 
-from deploy.preprocess import PreprocessSpec, preprocess
+from deploy.model_check import manifest_input_shape
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 
 class Runner(ABC):
-    """Runs one exported model. Subclasses implement `infer` on an already preprocessed batch."""
+    """Runs one exported model. Subclasses implement `_infer`; `infer` checks what goes in and comes out, once for all.
+
+    A context manager (`with format.make_runner(...) as runner:`) so callers need no try/finally to release it.
+    """
 
     backend: str = "base"
 
@@ -25,9 +31,32 @@ class Runner(ABC):
     def label(self) -> str:
         return f"{self.backend}/{self.precision}"
 
-    @abstractmethod
+    def __enter__(self) -> Self:
+        """The runner itself: `with` only adds the release at the end."""
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Release the backend also when the body raised (the exception goes on)."""
+        self.close()
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed float32 batch in the spec's layout -> (N, D) float32 embeddings (not normalised)."""
+        """Preprocessed float32 batch in the spec's layout -> (N, D) float32 embeddings (not normalised).
+
+        Checked here for every backend: a batch of the wrong dtype, size or layout would otherwise fail deep in a
+        backend, or (convolutions take any size) give embeddings of the wrong thing without a word.
+        """
+        problem = batch_problem(batch, self.spec)
+        if problem:
+            raise ValueError(f"{self.label}: {problem}")
+        embeddings = np.asarray(self._infer(batch), dtype=np.float32)
+        expected = (len(batch), self.spec.embedding_dim)
+        if embeddings.shape != expected:
+            raise RuntimeError(f"{self.label}: the backend returned embeddings of shape {embeddings.shape}, expected {expected}")
+        return embeddings
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        """The backend's own inference on a batch `infer` has checked; the embeddings' shape is checked after."""
 
     def embed(self, images_rgb: np.ndarray, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB aligned faces -> (N, D) float32 embeddings, preprocessing as the spec says.
@@ -45,12 +74,31 @@ class Runner(ABC):
         outputs = []
         starts = range(0, len(images_rgb), batch_size)
         for start in tqdm(starts, desc=f"embed {self.label}", disable=not progress, leave=False):
-            batch = preprocess(images_rgb[start : start + batch_size], self.spec)
-            outputs.append(np.asarray(self.infer(batch), dtype=np.float32).reshape(len(batch), -1))
+            outputs.append(self.infer(preprocess(images_rgb[start : start + batch_size], self.spec)))
         return np.concatenate(outputs, axis=0) if outputs else np.zeros((0, self.spec.embedding_dim), np.float32)
 
     def close(self) -> None:
         """Release backend resources (sessions, nets); safe to call twice."""
+
+
+def batch_problem(batch: object, spec: PreprocessSpec) -> str | None:
+    """What makes `batch` no input for a model of `spec` (one short phrase), or None; the O(N) finite scan last."""
+    if not isinstance(batch, np.ndarray):
+        return f"the batch must be a numpy ndarray, got {type(batch).__name__}"
+    if batch.dtype != np.float32:
+        return f"the batch is {batch.dtype}, expected float32 (as preprocess() returns it)"
+    image = manifest_input_shape(spec)
+    expected = f"(N, {', '.join(map(str, image))}) ({spec.layout})"
+    if batch.ndim != 4:
+        return f"the batch has {batch.ndim} dimensions {batch.shape}, expected 4: {expected}"
+    if batch.shape[1:] != image:
+        other = "NHWC" if spec.layout == "NCHW" else "NCHW"
+        hint = f": that is the {other} layout" if batch.shape[1:] == manifest_input_shape(replace(spec, layout=other)) else ""
+        return f"the batch has shape {batch.shape}, expected {expected}{hint}"
+    if len(batch) == 0:
+        return "the batch is empty"
+    finite = np.isfinite(batch)
+    return None if finite.all() else f"the batch holds {finite.size - int(finite.sum())} NaN/Inf values"
 
 
 def unique_rows(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class CoreMLRunner(Runner):
 
             self._model = ct.models.MLModel(str(self.package_path), compute_units=ct.ComputeUnit[compute_units])
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self._model is None:
             raise RuntimeError(f"cannot run CoreML package {self.package_path}: {self.unavailable_reason}")
         lower, upper = self.facts["batch_range"]

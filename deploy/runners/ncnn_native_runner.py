@@ -15,9 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from deploy.native.tool_host import ToolHost, ToolRunError
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from deploy.runners.ncnn_runner import NCNN_PRECISIONS, io_blob_names
+from pipeline.preprocess import PreprocessSpec
 
 
 class NativeNcnnRunner(Runner):
@@ -76,10 +76,8 @@ class NativeNcnnRunner(Runner):
                   for start in tqdm(starts, desc=f"embed {self.label}", disable=not progress, leave=False)]
         return np.concatenate(chunks)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise ValueError(f"expected an N x 3 x H x W preprocessed batch, got shape {batch.shape}")
-        return self._embeddings(np.asarray(batch, dtype=np.float32))
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._embeddings(batch)
 
     def extract_blobs(self, image_chw: np.ndarray, blob_names: list[str]) -> dict[str, np.ndarray]:
         """Named blobs of one preprocessed image, for localising the first layer that diverges on this host."""

@@ -15,8 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 from deploy.model_check import check_probe_embedding
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class NcnnRunner(Runner):
             precision, self.param_path, self.bin_path, self.input_blob, self.output_blob, threads, use_fp16,
             self.use_fp16_arithmetic, bool(ncnn.cpu_support_arm_asimdhp()),
         )
-        check_probe_embedding(self.param_path, spec, self.infer)
+        check_probe_embedding(self.param_path, spec, self._infer)  # unchecked: the probe reports a wrong output size itself
 
     def _extract(self, image_chw: np.ndarray, blob_names: list[str], light_mode: bool) -> dict[str, np.ndarray]:
         if self.net is None:
@@ -161,12 +161,8 @@ class NcnnRunner(Runner):
             blobs[name] = np.array(mat, dtype=np.float32)
         return blobs
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        if batch.ndim != 4:
-            raise ValueError(f"expected an NCHW batch, got shape {batch.shape}")
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         embeddings = [self._extract(image, [self.output_blob], light_mode=True)[self.output_blob] for image in batch]
-        if not embeddings:
-            return np.zeros((0, self.spec.embedding_dim), np.float32)
         return np.stack([embedding.reshape(-1) for embedding in embeddings])
 
     def extract_blobs(self, image_chw: np.ndarray, blob_names: list[str]) -> dict[str, np.ndarray]:

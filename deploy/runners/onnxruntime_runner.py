@@ -8,8 +8,8 @@ import numpy as np
 import onnxruntime as ort
 
 from deploy.model_check import check_declared_shapes
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.preprocess import PreprocessSpec
 
 
 class OnnxRuntimeRunner(Runner):
@@ -24,7 +24,7 @@ class OnnxRuntimeRunner(Runner):
         self.input_name = self.session.get_inputs()[0].name
         check_declared_shapes(model_path, self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape, spec)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: batch})[0]
 
     def close(self) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from deploy.export.tensorrt_export import tensorrt_available
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.preprocess import PreprocessSpec
 
 
 class TensorRTRunner(Runner):
@@ -40,10 +40,14 @@ class TensorRTRunner(Runner):
         if len(inputs) != 1 or len(outputs) != 1:
             raise RuntimeError(f"{self.engine_path}: expected one input and one output, found {inputs} -> {outputs}")
         self.input_name, self.output_name = inputs[0], outputs[0]
+        for name in (self.input_name, self.output_name):  # strongly typed engines take their I/O types from the ONNX
+            if self.engine.get_tensor_dtype(name) != trt.float32:
+                raise RuntimeError(f"{self.engine_path}: {name} is {self.engine.get_tensor_dtype(name)}; this runner feeds and reads "
+                                   "float32 (fp16 and int8 engines keep fp32 input and output)")
         self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self._stream = torch.cuda.Stream()
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         outputs = []
         for start in range(0, len(batch), self.max_batch):
@@ -57,7 +61,7 @@ class TensorRTRunner(Runner):
                 raise RuntimeError(f"TensorRT execution failed for {self.engine_path}")
             self._stream.synchronize()
             outputs.append(result.cpu().numpy().reshape(len(chunk), -1))
-        return np.concatenate(outputs) if outputs else np.zeros((0, self.spec.embedding_dim), np.float32)
+        return np.concatenate(outputs)
 
     def close(self) -> None:
         self.context = None

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
+from pipeline.preprocess import PreprocessSpec
 
 
 class TorchRunner(Runner):
@@ -20,7 +20,7 @@ class TorchRunner(Runner):
         self.device = next(model.parameters(), torch.empty(0)).device
 
     @torch.inference_mode()
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:

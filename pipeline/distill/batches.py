@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from deploy.preprocess import PreprocessSpec, preprocess
 from pipeline.config import AugmentConfig
 from pipeline.distill.augment import augment_pixels
+from pipeline.preprocess import PreprocessSpec, preprocess
 
 
 @dataclass(frozen=True)

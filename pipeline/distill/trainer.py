@@ -34,7 +34,6 @@ from torch import nn
 from timm.utils.model_ema import ModelEmaV3
 from tqdm import tqdm
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.config import MarginConfig, OptimConfig
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
@@ -45,6 +44,7 @@ from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
 from pipeline.errors import PipelineError
 from pipeline.models.fused_bn import set_fused_kernels
 from pipeline.models.margin import CombinedMarginHead
+from pipeline.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 

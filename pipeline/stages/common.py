@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from deploy.preprocess import PreprocessSpec
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import RunConfig
+from pipeline.preprocess import PreprocessSpec
 
 
 def run_preprocess_spec(config: RunConfig, embedding_dim: int = 512) -> PreprocessSpec:

@@ -20,7 +20,7 @@ T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.stages import STAGE_NAMES
+    from app.stages import STAGE_NAMES
 
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--teacher-checkpoint", type=Path, help="use this trained teacher (safetensors or torch weights) instead of training one")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set distill.optim.epochs=2 (value parsed as JSON when it can be)")
+    from app.evaluate_cli import add_evaluate_parser
     from pipeline.align.cli import add_align_parser
-    from pipeline.evaluate_cli import add_evaluate_parser
     from pipeline.pretrained_teacher import add_pack_teacher_parser
 
     add_align_parser(commands)
@@ -63,8 +63,8 @@ def configure_logging() -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from app.stages import STAGES
     from pipeline.distill.distributed import init_from_environment, shutdown
-    from pipeline.stages import STAGES
     from pipeline.stages.runner import StageRunner
 
     overrides = parse_overrides(args.overrides)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 return run_align(args)
             if args.command == "evaluate":
-                from pipeline.evaluate_cli import run_evaluate
+                from app.evaluate_cli import run_evaluate
 
                 return run_evaluate(args)
             if args.command == "pack-teacher":

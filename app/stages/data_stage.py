@@ -35,10 +35,9 @@ def load_main_source(config: RunConfig) -> tuple[FaceArrays, list[VerificationPa
     data = config.data
     size = (data.image_size, data.image_size)
     if data.source == "synthetic":
-        from pipeline.data.synthetic import SyntheticFaceConfig, generate_dataset
+        from pipeline.data.synthetic import generate_dataset
 
-        synthetic = SyntheticFaceConfig(**data.synthetic.model_dump(), image_size=data.image_size, seed=config.seed)
-        train_set, pairs = generate_dataset(synthetic, progress=True)
+        train_set, pairs = generate_dataset(data.synthetic, image_size=data.image_size, seed=config.seed, progress=True)
         verification = [pairs, *load_user_verification_sets(data, size)]
         return train_set, verification
     if data.train_path is None:
@@ -62,9 +61,9 @@ def load_main_source(config: RunConfig) -> tuple[FaceArrays, list[VerificationPa
 def load_extra_source(extra: ExtraSourceConfig, size: tuple[int, int], max_bad_fraction: float, seed: int) -> FaceArrays:
     """One extra training source as faces, labelled 0..C-1 or, when unlabelled, -1; the first `max_images` only."""
     if extra.kind == "synthetic":
-        from pipeline.data.synthetic import SyntheticFaceConfig, generate_training_set
+        from pipeline.data.synthetic import generate_training_set
 
-        faces = generate_training_set(SyntheticFaceConfig(**extra.synthetic.model_dump(), image_size=size[0], seed=seed), progress=True)
+        faces = generate_training_set(extra.synthetic, image_size=size[0], seed=seed, progress=True)
     elif extra.kind == "unlabelled_folder":
         from pipeline.data.image_folder import load_unlabelled_folder
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 
 from deploy.parity_run import parity_for_exports, parity_inputs
-from pipeline.run_layout import EXPORTS_FILE, PARITY_FILE
-from pipeline.stages.common import read_json, write_json
+from pipeline.run_layout import PARITY_FILE, read_export_records
+from pipeline.stages.common import write_json
 from pipeline.stages.runner import StageContext
 
 
 def run_parity_stage(context: StageContext) -> None:
     export_dir = context.input_dir("export")
     spec, pairs, reference, student = parity_inputs(context.run_dir)
-    results = parity_for_exports(export_dir, read_json(export_dir / EXPORTS_FILE), spec, pairs, reference, context.config.parity,
+    results = parity_for_exports(export_dir, read_export_records(export_dir), spec, pairs, reference, context.config.parity,
                                  model=student)
     write_json(context.out_dir, PARITY_FILE, {"verification_set": pairs.name, "results": [r.to_dict() for r in results]})
     context.summary["parity"] = {r.label: r.status for r in results}

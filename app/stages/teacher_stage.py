@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from app.stages.student_stages import curve_evaluator
+from pipeline.data.store import load_training_set
 from pipeline.distill.checkpoint import load_module_weights
 from pipeline.distill.trainer import train_recognition_model
-from pipeline.data.store import load_training_set
 from pipeline.errors import DataError
 from pipeline.interrupts import stop_requested
 from pipeline.models.registry import create_model
 from pipeline.models.saved import check_sha256, load_external_weights, save_model, save_weights
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
-from pipeline.stages.student_stages import curve_evaluator
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Stages `baseline` (student alone) and `distill` (student taught by the teacher), on one trainer.
 
-`train_student` is the one way a student is trained: these stages and `benchmarks/ablation.py` all call it.
+`train_student` is the one way a student is trained: these stages and `app/ablation.py` all call it.
 A frozen teacher's signals (embeddings, and patch tokens at the blocks feature terms tap) of every training image
 and its mirror are computed once and cached in the work folder, keyed by the teacher's and the data's hashes:
 distillation never reruns a frozen teacher. A prompted teacher (APT) changes every step, so it runs live.
@@ -8,7 +8,6 @@ distillation never reruns a frozen teacher. A prompted teacher (APT) changes eve
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,20 +16,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from tqdm import tqdm
 
-from deploy.preprocess import PreprocessSpec
-from pipeline.artifacts import atomic_path, sha256_json
+from pipeline.artifacts import sha256_json
 from pipeline.config import DistillVariant, RunConfig
-from pipeline.data.store import load_array, load_training_set, save_array
+from pipeline.data.store import load_array, load_training_set
 from pipeline.distill import distributed
 from pipeline.distill.apt import PromptedTeacher
-from pipeline.distill.batches import images_to_tensor
 from pipeline.distill.checkpoint import load_module_weights
-from pipeline.distill.objective import build_losses, loss_context, reads_teacher, teacher_taps, teacher_token_shapes
-from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals, tap_index, teacher_runs_in_bf16
+from pipeline.distill.objective import build_losses, loss_context, reads_teacher, teacher_taps
+from pipeline.distill.teacher_cache import compute_teacher_signals
+from pipeline.distill.teacher_signals import FrozenTeacher, TeacherSignals, teacher_runs_in_bf16
 from pipeline.distill.trainer import train_recognition_model
-from pipeline.errors import ConfigError
 from pipeline.interrupts import stop_requested
 from pipeline.models.margin import CombinedMarginHead
 from pipeline.models.registry import create_model
@@ -149,39 +145,6 @@ def teacher_signals(job: StudentJob, teacher: nn.Module, taps: list[str], images
         log.info("distill: teacher signals from cache %s", job.cache_dir)
     tokens = {tap: load_array(path) for tap, path in token_paths.items()}  # memory-mapped fp16
     return TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), tokens)
-
-
-@torch.inference_mode()
-def compute_teacher_signals(teacher: nn.Module, images: np.ndarray, spec: PreprocessSpec, embeddings_path: Path, token_paths: dict[str, Path], batch_size: int = 128) -> None:
-    """One teacher pass over every image and its mirror; writes (N, 2, D) fp32 embeddings and (N, 2, T, C) fp16 tokens."""
-    teacher.eval()
-    count = len(images)
-    if token_paths and not hasattr(teacher, "forward_tokens"):
-        raise ConfigError(f"feature distillation taps teacher tokens, but the teacher {type(teacher).__name__} has no forward_tokens")
-    embeddings = np.zeros((count, 2, teacher.embedding_dim), np.float32)
-    with contextlib.ExitStack() as stack:
-        token_arrays = {}
-        for tap, path in token_paths.items():
-            temp = stack.enter_context(atomic_path(path))
-            grid_h, grid_w, channels = teacher_token_shapes(teacher)[tap]
-            shape = (count, 2, grid_h * grid_w, channels)
-            token_arrays[tap] = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float16, shape=shape)
-        for start in tqdm(range(0, count, batch_size), desc="teacher signals", unit="batch"):
-            rows = images[start : start + batch_size]
-            for mirror in (0, 1):
-                batch = images_to_tensor(np.ascontiguousarray(rows), np.full(len(rows), bool(mirror)), spec)
-                if token_paths:
-                    embedding, per_block = teacher.forward_tokens(batch)
-                    for tap, array in token_arrays.items():
-                        array[start : start + len(rows), mirror] = per_block[tap_index(tap)].numpy().astype(np.float16)
-                else:
-                    embedding = teacher(batch)
-                embeddings[start : start + len(rows), mirror] = embedding.numpy()
-        for tap in list(token_arrays):
-            token_arrays.pop(tap).flush()  # close each memmap before its temp file is renamed into place
-    save_array(embeddings_path, embeddings)
-    log.info("distill: cached teacher embeddings %s%s", embeddings.shape, f" and tokens at {', '.join(token_paths)}" if token_paths else "")
-
 
 
 def curve_evaluator(data_dir: Path, config: RunConfig):

@@ -1,7 +1,7 @@
 """Parity on the device itself: the same numeric and accuracy gates, run where the model will be deployed.
 
-    python -m deploy.device_parity android --run-dir runs/default --tool build/native/android-arm64-<key>/bin/face_embed
-    python -m deploy.device_parity here --run-dir runs/default --formats tensorrt --name jetson-orin
+    python -m app.device_parity android --run-dir runs/default --tool build/native/android-arm64-<key>/bin/face_embed
+    python -m app.device_parity here --run-dir runs/default --formats tensorrt --name jetson-orin
 
 `android` pushes the project's face_embed (built for the phone with the NDK: `make android-tools`), the ncnn
 model and the verification faces over adb, runs it, pulls the embeddings and gates them on this machine against
@@ -36,21 +36,25 @@ def device_parity_path(run_dir: Path, name: str) -> Path:
     return RunLayout(run_dir).device_parity_file(name)
 
 
-def android_parity(run_dir: Path, tool: Path, parity: ParityConfig, adb_executable: str | None = None,
+def android_parity(run_dir: Path, tool: Path | None, parity: ParityConfig, adb_executable: str | None = None,
                    serial: str | None = None, threads: int = 1) -> dict:
-    """face_embed on the phone over every ncnn export of the run; the result document (device tag + rows)."""
-    from benchmarks.android import Adb, attached_devices, check_binary_runs_on, choose_device, describe_android_device, find_adb, parse_getprop
-    from deploy.native.tool_host import AdbHost
-    from pipeline.stages.native_parity_stage import native_runner_choice
+    """face_embed on the phone over every ncnn export of the run; the result document (device tag + rows).
 
-    if not tool.is_file():
-        raise DataError(tool, "face_embed for the phone not found (build it: ANDROID_NDK=/path make android-tools)")
+    Without `tool`, the project's phone build (deploy.native.build.phone_tools: no NDK needed), once a device is there."""
+    from app.stages.native_parity_stage import native_runner_choice
+    from benchmarks.android import Adb, attached_devices, check_binary_runs_on, choose_device, describe_android_device, find_adb, parse_getprop
+    from deploy.native.build import phone_tools
+    from deploy.native.tool_host import AdbHost
+
+    if tool is not None and not tool.is_file():
+        raise DataError(tool, "face_embed for the phone not found (leave --tool out to build the static aarch64 one)")
     records = run_exports(run_dir, "ncnn")
     executable = find_adb(adb_executable)
     serial = choose_device(attached_devices(Adb(executable).run("devices")), serial)
     adb = Adb(executable, serial)
     device = describe_android_device(parse_getprop(adb.shell("getprop")))
     device["serial"] = serial
+    tool = tool or phone_tools().embed
     check_binary_runs_on(tool, device)
     spec, pairs, reference, student = parity_inputs(run_dir)
     host = AdbHost(adb, tool, device, ANDROID_REMOTE_DIR)
@@ -67,18 +71,22 @@ def android_parity(run_dir: Path, tool: Path, parity: ParityConfig, adb_executab
 
 
 def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: str, threads: int = 1) -> dict:
-    """The formats' own runners on this machine (a Jetson: TensorRT engines built here from the run's ONNX export)."""
+    """The formats' own runners on this machine. TensorRT engines are built here from the run's ONNX export, never
+    taken from the host: an engine loads only on the GPU and TensorRT version that built it (a Jetson's is not the
+    workstation's); they go to devices/engines/<name>/, and the run's export folder stays as the host wrote it."""
+    from deploy.export.tensorrt_export import engine_record_here
+
     spec, pairs, reference, student = parity_inputs(run_dir)
-    records = []
-    for record in run_exports(run_dir):
-        if record["format"] not in formats:
-            continue
-        if record["format"] == "tensorrt" and record["status"] != "exported":
-            record = _tensorrt_record_here(run_dir, record, spec)
-        records.append(record)
-    if not records:
+    export_dir, records = run_dir / "export", run_exports(run_dir)
+    chosen = [record for record in records if record["format"] in formats]
+    if not chosen:
         raise DataError(RunLayout(run_dir).exports_file, f"no export of {', '.join(formats)} in this run")
-    results: list[ParityResult] = parity_for_exports(run_dir / "export", records, spec, pairs, reference, parity, threads, student)
+    engine_dir = RunLayout(run_dir).device_engine_dir(name)
+    engines = [engine_record_here(export_dir, engine_dir, record, records, spec) for record in chosen if record["format"] == "tensorrt"]
+    results: list[ParityResult] = []
+    for folder, folder_records in ((export_dir, [r for r in chosen if r["format"] != "tensorrt"]), (engine_dir, engines)):
+        if folder_records:
+            results += parity_for_exports(folder, folder_records, spec, pairs, reference, parity, threads, student)
     device = {"kind": "board", "name": name, "cpu": platform.processor() or platform.machine(), "abi": platform.machine()}
     for result in results:
         result.backend = f"{result.backend} ({name})"
@@ -86,35 +94,16 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
     return {"device": device, "verification_set": pairs.name, "results": [r.to_dict() for r in results]}
 
 
-def _tensorrt_record_here(run_dir: Path, record: dict, spec) -> dict:
-    """Engines are built for one GPU: on the device, from the run's fp32 ONNX export (fp32/fp16; int8 needs the
-    pipeline's calibration images, so it is built by running the pipeline on the device)."""
-    from deploy.export.tensorrt_export import build_engine, engine_file_names, profile_shapes, tensorrt_available
-
-    available, why_not = tensorrt_available()
-    if not available:
-        return {**record, "status": "skipped", "reason": why_not}
-    if record["precision"] == "int8":
-        return {**record, "status": "skipped", "reason": "int8 engines calibrate on the pipeline's images: run the pipeline on the device"}
-    onnx_path = run_dir / "export" / "student_fp32.onnx"
-    if not onnx_path.is_file():
-        return {**record, "status": "error", "error": f"{onnx_path} missing: export onnx:fp32 too"}
-    files = engine_file_names("student", record["precision"])
-    engine_dir = run_dir / "export"
-    facts = build_engine(onnx_path, engine_dir / files["engine"], spec.input_name, profile_shapes(spec, 64), record["precision"],
-                         engine_dir / files["timing_cache"])
-    return {**record, "status": "exported", "files": [files["engine"]], **facts}
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.device_parity", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.device_parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="a finished pipeline run (runs/<name>)")
     parser.add_argument("--profile", default="default", help="the run's profile: its parity gates and subset apply")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="result JSON (default: <run-dir>/devices/parity/<name>.json)")
     where = parser.add_subparsers(dest="where", required=True)
     android = where.add_parser("android", help="face_embed on an Android phone over adb")
-    android.add_argument("--tool", type=Path, required=True, help="face_embed built for the phone (make android-tools)")
+    android.add_argument("--tool", type=Path, help="face_embed built for the phone (default: the NDK build where ANDROID_NDK is "
+                         "set, else the static aarch64 Linux build, built here on first use)")
     android.add_argument("--serial", default=os.environ.get("ANDROID_SERIAL"), help="adb serial (default: $ANDROID_SERIAL, or the only device)")
     android.add_argument("--adb", help="adb executable (default: $ADB, then PATH)")
     here = where.add_parser("here", help="the formats' own runners on this machine (Jetson: TensorRT)")

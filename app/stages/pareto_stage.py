@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.stages.student_stages import StudentJob, student_job, train_student
 from benchmarks.latency import measure_latency
 from benchmarks.model_stats import model_complexity
 from deploy.export.calibration import draw_calibration_images
@@ -27,7 +28,6 @@ from pipeline.evaluation.verification import evaluate_verification
 from pipeline.models.saved import load_model
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
-from pipeline.stages.student_stages import StudentJob, student_job, train_student
 
 log = logging.getLogger(__name__)
 PARETO_FILE = "pareto.json"
@@ -66,17 +66,11 @@ def pareto_rows(context: StageContext, student: ParetoStudentConfig, pairs, cali
     for precision in config.pareto.precisions:
         request = ExportRequest(model, spec, folder, precision, config.export.opset, calibration, config.export)
         record = {"format": "ncnn", "precision": precision, **ncnn.export(request)}
-        runner = ncnn.make_runner(folder, record, spec, 1)
-        try:
+        with ncnn.make_runner(folder, record, spec, 1) as runner:
             embeddings = runner.embed(images, batch_size=32, progress=True)
-        finally:
-            runner.close()
-        runner = ncnn.make_runner(folder, record, spec, config.pareto.threads)
-        try:
+        with ncnn.make_runner(folder, record, spec, config.pareto.threads) as runner:
             latency = measure_latency(runner, images, 1, config.pareto.warmup_runs, config.pareto.timed_runs, "ncnn",
                                       config.pareto.min_timed_seconds)
-        finally:
-            runner.close()
         cosine = np.sum(_unit(embeddings) * _unit(reference), axis=1)
         rows.append({**base, "backend": "ncnn", "precision": precision, **_accuracy(embeddings, pairs.issame),
                      "cosine_min_vs_pytorch": round(float(cosine.min()), 6), "p50_ms": latency.p50_ms, "p90_ms": latency.p90_ms,

@@ -17,11 +17,11 @@ from deploy.localize import ncnn_layer_outputs
 from deploy.native.tool_host import LocalHost, open_local_host
 from deploy.parity import ParityResult
 from deploy.parity_run import RunnerChoice, localise_failure, parity_for_record, subset_and_reference
-from deploy.preprocess import PreprocessSpec
-from deploy.runners.ncnn_native_runner import NativeNcnnRunner
-from pipeline.stages.common import read_json, write_json
-from pipeline.run_layout import EXPORTS_FILE, NATIVE_PARITY_FILE
 from deploy.parity_run import parity_inputs
+from deploy.runners.ncnn_native_runner import NativeNcnnRunner
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import NATIVE_PARITY_FILE, read_export_records
+from pipeline.stages.common import write_json
 from pipeline.stages.runner import StageContext
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def native_runner_choice(host: LocalHost) -> RunnerChoice:
 def run_native_parity_stage(context: StageContext) -> None:
     settings = context.config.native_parity
     export_dir = context.input_dir("export")
-    records = [r for r in read_json(export_dir / EXPORTS_FILE)
+    records = [r for r in read_export_records(export_dir)
                if r["format"] == "ncnn" and r["status"] == "exported" and r["precision"] in settings.precisions]
     payload: dict = {"verification_set": None, "targets": [], "results": []}
     if not settings.targets or not records:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.base import Runner
 from pipeline.artifacts import write_json_atomic
 from pipeline.data.arrays import VerificationPairs
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.verification import evaluate_verification
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout, read_export_records
 
 log = logging.getLogger(__name__)
 RUN_MODEL_FOLDERS = ("teacher", "baseline", "distill", "pareto")
@@ -102,13 +102,10 @@ def score(candidate: Candidate, pairs: VerificationPairs, batch_size: int, flip:
            "pairs": pairs.num_pairs}
     if candidate.open_runner is None:
         return {**row, "status": "skipped", "reason": candidate.skip_reason}
-    runner = candidate.open_runner()
-    try:
+    with candidate.open_runner() as runner:
         embeddings = runner.embed(pairs.images, batch_size=batch_size, progress=True)
         if flip:
             embeddings = embeddings + runner.embed(np.ascontiguousarray(pairs.images[:, :, ::-1]), batch_size=batch_size, progress=True)
-    finally:
-        runner.close()
     result = evaluate_verification(embeddings, pairs.issame)
     log.info("evaluate %s [%s/%s] on %s: %.2f%%", candidate.label, candidate.backend, candidate.precision, pairs.name, 100 * result.accuracy)
     return {**row, "status": "scored", "accuracy": result.accuracy, "accuracy_std": result.accuracy_std,
@@ -173,7 +170,7 @@ def export_candidates(export_dir: Path, threads: int, native: list[str]) -> list
     """One candidate per exported record (skipped ones say why), plus the native tool's rows for ncnn."""
     from deploy.formats import get_format
 
-    records = json.loads((export_dir / EXPORTS_FILE).read_text())
+    records = read_export_records(export_dir)
     spec = _spec_beside(export_dir)
     found = []
     for record in records:

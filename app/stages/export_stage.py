@@ -27,14 +27,14 @@ from torch import nn
 from deploy.export.calibration import draw_calibration_images
 from deploy.formats import ExportFormat, ExportRequest, parse_format_entry
 from deploy.parity_run import parity_for_record, parity_subset
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.torch_runner import TorchRunner
 from pipeline.artifacts import ArtifactWriteError, path_size, write_error, write_fault
 from pipeline.config import ParityConfig, RunConfig
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_training_set, load_verification_sets
 from pipeline.models.saved import load_model
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, ExportRecord, checked_export_records
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
 
@@ -64,7 +64,7 @@ def run_export_stage(context: StageContext) -> None:
                 int8_gate.apply(record)
             records.append(record)
             log.info("export %s/%s: %s %s (%.1f s)", export_format.name, precision, record["status"], ", ".join(record["files"]), record["export_time_s"])
-    write_json(context.out_dir, EXPORTS_FILE, records)
+    write_json(context.out_dir, EXPORTS_FILE, checked_export_records(records, context.out_dir / EXPORTS_FILE))
     write_json(context.out_dir, MODEL_MANIFEST, {
         "model": config.student.model, "model_args": config.student.model_args,
         "preprocess": spec.to_dict(),
@@ -111,7 +111,7 @@ class _Int8Gate:
         self._subset: VerificationPairs | None = None
         self._reference: np.ndarray | None = None
 
-    def apply(self, record: dict) -> None:
+    def apply(self, record: ExportRecord) -> None:
         if self._subset is None:
             pairs = load_verification_sets(self.context.input_dir("data"))[0]
             self._subset = parity_subset(pairs, self.config.parity.max_images)
@@ -120,7 +120,7 @@ class _Int8Gate:
                                  self.student)
 
 
-def keep_if_int8_gate_passes(out_dir: Path, record: dict, spec: PreprocessSpec, subset: VerificationPairs,
+def keep_if_int8_gate_passes(out_dir: Path, record: ExportRecord, spec: PreprocessSpec, subset: VerificationPairs,
                              reference: np.ndarray, parity: ParityConfig, model: nn.Module | None = None) -> None:
     """Keep an exported int8 `record` (noting the gate's numbers) or delete its files and mark it dropped.
 

@@ -6,7 +6,7 @@ run folder, so the real run starts clean), sets `distill.optim.max_steps` to wha
 profile with that fixed step count: the run stays deterministic and its curve (`eval_every_steps`) gives accuracy
 against training time on this machine.
 
-    python -m benchmarks.budgeted_run --profile real_gpu --minutes 6 [--until evaluate] [--set KEY=VALUE ...]
+    python -m app.budgeted_run --profile real_gpu --minutes 6 [--until evaluate] [--set KEY=VALUE ...]
 
 The rate is the probe's median step; the step count keeps 15 % for checkpoints and evaluations. Exit 2 on bad input.
 """
@@ -21,14 +21,14 @@ import sys
 import time
 from pathlib import Path
 
+from app.cli import one_line, parse_overrides
 from pipeline.artifacts import write_json_atomic
-from pipeline.cli import one_line, parse_overrides
 from pipeline.config import load_config, profile_path
 from pipeline.errors import PipelineError
 from pipeline.run_layout import RunLayout
 from pipeline.stages.fingerprint import read_manifest
 
-log = logging.getLogger("benchmarks.budgeted_run")
+log = logging.getLogger("app.budgeted_run")
 
 
 def steps_for_budget(images_per_s: float, budget_s: float, batch_size: int, eval_every_steps: int | None,
@@ -67,7 +67,7 @@ def pipeline_run(profile: str, runs_dir: Path, sets: list[str], extra: list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.budgeted_run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m app.budgeted_run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", required=True)
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock budget of the distilled student's training")
     parser.add_argument("--probe-steps", type=int, default=60)

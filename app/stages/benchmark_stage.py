@@ -11,14 +11,14 @@ import numpy as np
 from benchmarks.distill_speed import measure_distill_speed
 from benchmarks.latency import BenchmarkTarget, format_latency_table, run_latency_matrix
 from benchmarks.model_stats import model_complexity
-from deploy.preprocess import PreprocessSpec
 from deploy.runners.torch_runner import TorchRunner
 from pipeline.artifacts import path_size
 from pipeline.data.store import load_training_set, load_verification_sets
 from pipeline.models.registry import create_model
 from pipeline.models.saved import load_model
-from pipeline.stages.common import read_json, write_json
-from pipeline.run_layout import EXPORTS_FILE, LATENCY_FILE, MODEL_MANIFEST
+from pipeline.preprocess import PreprocessSpec
+from pipeline.run_layout import LATENCY_FILE, MODEL_MANIFEST, read_export_records
+from pipeline.stages.common import write_json
 from pipeline.stages.runner import StageContext
 
 DISTILL_SPEED_FILE = "distill_speed.json"
@@ -35,7 +35,7 @@ def run_benchmark_stage(context: StageContext) -> None:
                               path_size(distill_dir / "student.safetensors"))
     model = {"name": config.student.model, "model_args": dict(config.student.model_args),
              **model_complexity(load_model(distill_dir, "student"), (1, 3, spec.height, spec.width))}
-    document = run_latency_matrix(export_dir, read_json(export_dir / EXPORTS_FILE), spec, settings, images,
+    document = run_latency_matrix(export_dir, read_export_records(export_dir), spec, settings, images,
                                   context.work_dir / "engines", (pytorch,), model)
     write_json(context.out_dir, LATENCY_FILE, document)
     print(format_latency_table(document["results"]))

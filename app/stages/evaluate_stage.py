@@ -13,9 +13,9 @@ from deploy.runners.torch_runner import TorchRunner
 from pipeline.data.store import load_verification_sets, save_array
 from pipeline.evaluation.verification import evaluate_verification
 from pipeline.models.saved import load_model
+from pipeline.run_layout import METRICS_FILE, reference_embeddings_name
 from pipeline.stages.common import run_preprocess_spec, write_json
 from pipeline.stages.runner import StageContext
-from pipeline.run_layout import METRICS_FILE, reference_embeddings_name
 
 log = logging.getLogger(__name__)
 
