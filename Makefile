@@ -82,11 +82,19 @@ docker-cpu:
 
 # Without a Docker daemon: both CPU targets built with buildah on a debootstrapped base (Python packages from a wheelhouse
 # made here) and run for real: the deploy image times and parity-checks runs/$(RUN_NAME)'s exports (make mobile-model
-# first) and must hold no torch; the full image runs the tiny profile. Results in build/docker/check.json (app/docker_check.py).
-.PHONY: docker-check
-docker-check: setup
-	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { apt-get update >/dev/null; apt-get install -y --no-install-recommends buildah debootstrap >/dev/null; }
-	$(PY) -m app.docker_check --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE)
+# first) and must hold no torch; the full image runs the tiny profile; the Jetson image is built for linux/arm64 under
+# qemu (binfmt_misc) on an arm64 Debian stand-in for L4T and its entrypoint run, emulated, on the ncnn exports.
+# DOCKER_CHECK_ARGS="--targets deploy" for part of it. Results in build/docker/check.json (app/docker_check.py).
+DOCKER_CHECK_ARGS ?=
+.PHONY: docker-check docker-deps
+docker-deps:
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null && command -v qemu-aarch64-static >/dev/null || \
+	  { apt-get update >/dev/null; apt-get install -y --no-install-recommends buildah debootstrap qemu-user-static binfmt-support >/dev/null; }
+	@mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@test -e /proc/sys/fs/binfmt_misc/qemu-aarch64 || update-binfmts --enable qemu-aarch64
+
+docker-check: setup docker-deps
+	$(PY) -m app.docker_check --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) $(DOCKER_CHECK_ARGS)
 
 # On the Jetson; TORCH_INDEX_URL=<NVIDIA's wheel index for your JetPack> adds torch (the TensorRT Python runner needs it).
 docker-jetson:
@@ -134,9 +142,10 @@ arm-parity: setup native-deps
 	$(PY) -m pipeline run --profile $(PROFILE) --set 'native_parity.targets=$(ARM_TARGETS)' --set benchmark.native_tools=true $(RUN_ARGS)
 
 # A phone on adb, or FAKE_PHONE=max (see bench-android): ANDROID_TOOL=/path/to/face_embed, else the NDK build where
-# ANDROID_NDK is set, else the static aarch64 build (no NDK); ANDROID_ARGS="--serial X".
+# ANDROID_NDK is set, else the static aarch64 build (no NDK); ANDROID_ARGS="--serial X". The fake phone takes the
+# first 64 faces (qemu: about 2 s per face in fp32, 9 s with fp16 arithmetic).
 parity-android: setup native-deps
-	$(PHONE_ENV) $(PY) -m app.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) android \
+	$(PHONE_ENV) $(PY) -m app.device_parity --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) $(if $(FAKE_PHONE),--max-images 64) android \
 	  $(if $(ANDROID_TOOL),--tool $(ANDROID_TOOL)) $(ANDROID_ARGS)
 
 # On the Jetson (or inside its image): TensorRT engines built there from the run's ONNX export, gated like every backend.

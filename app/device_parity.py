@@ -26,6 +26,7 @@ from deploy.parity_run import parity_for_exports, parity_inputs
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.errors import DataError, PipelineError
+from pipeline.optional_modules import installed
 from pipeline.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,33 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
     return {"device": device, "verification_set": pairs.name, "results": [r.to_dict() for r in results]}
 
 
+REPORT_PACKAGES = ("matplotlib",)  # what drawing the report needs beyond the deploy images' packages
+
+
+def redraw_report(run_dir: Path, profile: str) -> bool:
+    """Redraw the run's report with the new rows where its plotting stack is installed; in a deploy image (no
+    matplotlib: docker-check found device parity exiting 1 there after writing its rows) say where to redraw it."""
+    missing = [name for name in REPORT_PACKAGES if not installed(name)]
+    if missing:
+        print(f"report not redrawn here ({', '.join(missing)} not installed): the rows are in the run folder, and the host "
+              f"draws them: `python -m pipeline run --profile {profile} --from report`")
+        return False
+    from benchmarks.report import build_report, config_as_yaml
+
+    config = load_config(profile_path(profile))
+    build_report(run_dir, run_dir / "report", config_as_yaml(config.model_dump(mode="json")))
+    print(f"report redrawn with these rows: {RunLayout(run_dir).report_file}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.device_parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="a finished pipeline run (runs/<name>)")
     parser.add_argument("--profile", default="default", help="the run's profile: its parity gates and subset apply")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="result JSON (default: <run-dir>/devices/parity/<name>.json)")
+    parser.add_argument("--max-images", type=int, help="parity on the first N verification images (default: the profile's "
+                        "parity.max_images); an emulated phone takes seconds per face")
     where = parser.add_subparsers(dest="where", required=True)
     android = where.add_parser("android", help="face_embed on an Android phone over adb")
     android.add_argument("--tool", type=Path, help="face_embed built for the phone (default: the NDK build where ANDROID_NDK is "
@@ -112,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        parity = load_config(profile_path(args.profile)).parity
+        overrides = {} if args.max_images is None else {"parity.max_images": args.max_images}
+        parity = load_config(profile_path(args.profile), overrides).parity
         if args.where == "android":
             document = android_parity(args.run_dir, args.tool, parity, args.adb, args.serial, args.threads)
             name = f"android_{document['device']['serial']}"
@@ -125,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or device_parity_path(args.run_dir, name)
     write_json_atomic(out, document)
     if RunLayout(args.run_dir).report_file.is_file():
-        from benchmarks.report import build_report, config_as_yaml
-
-        config = load_config(profile_path(args.profile))
-        build_report(args.run_dir, args.run_dir / "report", config_as_yaml(config.model_dump(mode="json")))
-        print(f"report redrawn with these rows: {RunLayout(args.run_dir).report_file}")
+        redraw_report(args.run_dir, args.profile)
     for row in document["results"]:
         figures = (f"cos min {row['cosine_min']:.6f}, accuracy delta {row['accuracy_delta_points']:+.2f}"
                    if row.get("cosine_min") is not None else row.get("reason", ""))

@@ -9,6 +9,10 @@ without a Docker daemon or a registry (what ../shared/ENV.md measured to work he
   the deploy image times a run's exports with its own entrypoint (docker/device-benchmark.sh; the latency JSON must
   load with the project's schema), runs device parity on the same faces as the host (`app.device_parity here`; the
   rows must pass), and must hold no torch; the full image runs `python -m pipeline run --profile tiny` to the end.
+- The Jetson image as far as this machine goes (`--targets jetson`): docker/Dockerfile.jetson built for linux/arm64
+  under qemu-user emulation (binfmt_misc, Debian's qemu-user-static) on an arm64 bookworm base standing in for L4T
+  (L4T_BASE build argument; no TensorRT, CUDA or JetPack torch there, so TORCH_INDEX_URL stays empty and the
+  TensorRT rows say why they were skipped), then its entrypoint run, emulated, on the run's ncnn exports.
 - build/docker/check.json records build times, image sizes, the latency rows and the parity rows.
 """
 
@@ -27,16 +31,19 @@ from pathlib import Path
 from benchmarks.latency import format_latency_table, load_latency_document
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import PipelineError
-from pipeline.run_layout import RunLayout
+from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout, read_export_records
 
 log = logging.getLogger("app.docker_check")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile.cpu"
+JETSON_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile.jetson"
 BASE_IMAGE = "localhost/face-distill-base:bookworm"
-IMAGES = {"deploy": "localhost/face-distill:cpu-deploy", "full": "localhost/face-distill:cpu"}
+ARM_BASE_IMAGE = "localhost/face-distill-base:bookworm-arm64"
+IMAGES = {"deploy": "localhost/face-distill:cpu-deploy", "full": "localhost/face-distill:cpu", "jetson": "localhost/face-distill:jetson-standin"}
+ARM_WHEEL_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 PIP_CONF = "[global]\nno-index = true\nfind-links = /wheels\nbreak-system-packages = true\nno-cache-dir = true\n"
-NEEDED = {"buildah": "buildah", "debootstrap": "debootstrap"}
+NEEDED = {"buildah": "buildah", "debootstrap": "debootstrap", "qemu-aarch64-static": "qemu-user-static"}
 
 
 class DockerCheckError(PipelineError):
@@ -64,24 +71,25 @@ def check_tools() -> None:
         raise DockerCheckError(f"docker-check needs {', '.join(missing)}: apt-get install {' '.join(missing)}")
 
 
-def make_base(work: Path) -> float:
-    """debootstrap a minimal bookworm with python3 + pip, pip pointed at /wheels; import it as BASE_IMAGE. Seconds."""
+def make_base(work: Path, arch: str = "amd64") -> float:
+    """debootstrap a minimal bookworm with python3 + pip, pip pointed at /wheels; import it as the base image of `arch`
+    (arm64: its programs run under qemu-aarch64 through binfmt_misc). Seconds."""
     started = time.perf_counter()
-    rootfs = work / "rootfs"
+    rootfs = work / f"rootfs-{arch}"
     shutil.rmtree(rootfs, ignore_errors=True)
-    log.info("base: debootstrap --variant=minbase bookworm (python3, pip) into %s", rootfs)
-    subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-pip,ca-certificates", "bookworm", str(rootfs),
-                    DEBIAN_MIRROR], check=True, capture_output=True, timeout=1800)
+    log.info("base: debootstrap --arch=%s --variant=minbase bookworm (python3, pip) into %s", arch, rootfs)
+    subprocess.run(["debootstrap", f"--arch={arch}", "--variant=minbase", "--include=python3,python3-pip,ca-certificates", "bookworm",
+                    str(rootfs), DEBIAN_MIRROR], check=True, capture_output=True, timeout=3600)
     (rootfs / "etc" / "pip.conf").write_text(PIP_CONF)
     shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
     archive = work / "base.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(rootfs, arcname=".")
-    container = buildah("from", "scratch").strip()
+    container = buildah("from", "--arch", arch, "scratch").strip()
     try:
         buildah("add", container, str(archive), "/")
-        buildah("config", "--env", "PYTHONDONTWRITEBYTECODE=1", "--cmd", "python3", container)
-        buildah("commit", "--quiet", container, BASE_IMAGE)
+        buildah("config", "--arch", arch, "--os", "linux", "--env", "PYTHONDONTWRITEBYTECODE=1", "--cmd", "python3", container)
+        buildah("commit", "--quiet", container, ARM_BASE_IMAGE if arch == "arm64" else BASE_IMAGE)
     finally:
         buildah("rm", container)
     shutil.rmtree(rootfs, ignore_errors=True)
@@ -98,11 +106,66 @@ def make_wheelhouse(wheels: Path) -> float:
                "-r", str(REPO_ROOT / "docker" / "requirements-deploy.txt"), "torch==2.14.1", "torchvision==0.29.1",
                "setuptools>=68", "wheel"]
     subprocess.run(command, check=True, timeout=3600)
-    project = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), f"{REPO_ROOT}[ncnn]"]
+    project = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), f"{REPO_ROOT}[ncnn,coreml]"]
     subprocess.run(project, check=True, timeout=3600)
     for source in wheels.glob("*.tar.gz"):  # the project's own sdist: the image builds it from its COPY'd sources
         source.unlink()
     return round(time.perf_counter() - started, 1)
+
+
+def make_arm_wheelhouse(wheels: Path) -> float:
+    """The deploy layer's wheels for the Jetson stand-in: linux/aarch64, CPython 3.11 (bookworm's). Seconds."""
+    started = time.perf_counter()
+    wheels.mkdir(parents=True, exist_ok=True)
+    platforms = [argument for platform in ARM_WHEEL_PLATFORMS for argument in ("--platform", platform)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), "--only-binary", ":all:",
+                    "--python-version", "3.11", "--implementation", "cp", *platforms,
+                    "-r", str(REPO_ROOT / "docker" / "requirements-deploy.txt")], check=True, timeout=3600)
+    return round(time.perf_counter() - started, 1)
+
+
+def build_jetson_standin(wheels: Path) -> float:
+    """docker/Dockerfile.jetson for linux/arm64 on ARM_BASE_IMAGE, every RUN step emulated. Seconds."""
+    started = time.perf_counter()
+    log.info("build: Jetson stand-in (linux/arm64 under qemu) -> %s", IMAGES["jetson"])
+    buildah("bud", "--isolation", "chroot", "--arch", "arm64", "--file", str(JETSON_DOCKERFILE), "--ignorefile",
+            f"{JETSON_DOCKERFILE}.dockerignore", "--build-arg", f"L4T_BASE={ARM_BASE_IMAGE}", "--volume", f"{wheels}:/wheels:ro",
+            "--tag", IMAGES["jetson"], str(REPO_ROOT), timeout=5400)
+    return round(time.perf_counter() - started, 1)
+
+
+def ncnn_only_export(export_dir: Path, dest: Path) -> Path:
+    """A copy of an export folder holding its ncnn exports alone (and the model manifest): what the stand-in times."""
+    records = [r for r in read_export_records(export_dir) if r["format"] == "ncnn" and r["status"] == "exported"]
+    if not records:
+        raise DockerCheckError(f"{export_dir}: no exported ncnn model for the Jetson stand-in to run")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    shutil.copy2(export_dir / MODEL_MANIFEST, dest / MODEL_MANIFEST)
+    for name in {name for record in records for name in record["files"]}:
+        shutil.copy2(export_dir / name, dest / name)
+    write_json_atomic(dest / EXPORTS_FILE, records)
+    return dest
+
+
+def check_jetson_standin(run_dir: Path, out_dir: Path) -> dict:
+    """The Jetson image's entrypoint, emulated, on the run's ncnn exports: a latency JSON in the project's schema whose
+    times are qemu's (never read as a Jetson's)."""
+    export = ncnn_only_export(run_dir / "export", out_dir / "jetson-export")
+    results = out_dir / "jetson-results"
+    shutil.rmtree(results, ignore_errors=True)
+    results.mkdir(parents=True)
+    started = time.perf_counter()
+    status, output = run_in(IMAGES["jetson"], ["docker/device-benchmark.sh", "/models/export", "/results/latency-jetson.json",
+                                               "--threads", "1", "--warmup-runs", "1", "--timed-runs", "5", "--min-timed-seconds", "0",
+                                               "--max-timed-seconds", "30", "--throughput-runs", "1"],
+                            [f"{export}:/models/export:ro", f"{results}:/results"])
+    if status != 0:
+        raise DockerCheckError(f"device-benchmark.sh in {IMAGES['jetson']} exited {status}: {' | '.join(output.strip().splitlines()[-4:])}")
+    latency = load_latency_document(results / "latency-jetson.json")
+    return {"emulated": "linux/arm64 under qemu-aarch64 (binfmt_misc): times are not a Jetson's", "machine": latency["device"].get("abi"),
+            "latency_results": latency["results"], "latency_skipped": latency.get("skipped", []),
+            "wall_s": round(time.perf_counter() - started, 1)}
 
 
 def build_target(target: str, wheels: Path) -> float:
@@ -181,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/default"), help="a finished run whose exports the deploy image times")
     parser.add_argument("--profile", default="default", help="the run's profile (its parity gates apply)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "docker", help="work folder: wheelhouse, results, check.json")
-    parser.add_argument("--targets", nargs="+", default=["deploy", "full"], choices=list(IMAGES))
+    parser.add_argument("--targets", nargs="+", default=["deploy", "full", "jetson"], choices=list(IMAGES))
     parser.add_argument("--rebuild-base", action="store_true", help="debootstrap the base image again")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -195,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["build_s"]["base"] = make_base(out)
         summary["build_s"]["wheelhouse"] = make_wheelhouse(out / "wheels")
         for target in ("deploy", "full"):  # full builds FROM deploy
-            if target in args.targets or target == "deploy":
+            if target in args.targets or (target == "deploy" and "full" in args.targets):
                 summary["build_s"][target] = build_target(target, out / "wheels")
                 summary["size_mb"][target] = image_size_mb(IMAGES[target])
         summary["size_mb"]["base"] = image_size_mb(BASE_IMAGE)
@@ -203,6 +266,13 @@ def main(argv: list[str] | None = None) -> int:
             summary["deploy"] = check_deploy_image(run_dir, out, args.profile)
         if "full" in args.targets:
             summary["full"] = check_full_image(out)
+        if "jetson" in args.targets:
+            if args.rebuild_base or not image_exists(ARM_BASE_IMAGE):
+                summary["build_s"]["base_arm64"] = make_base(out, "arm64")
+            summary["build_s"]["wheelhouse_arm64"] = make_arm_wheelhouse(out / "wheels-arm64")
+            summary["build_s"]["jetson"] = build_jetson_standin(out / "wheels-arm64")
+            summary["size_mb"]["jetson"] = image_size_mb(IMAGES["jetson"])
+            summary["jetson"] = check_jetson_standin(run_dir, out)
     except (PipelineError, subprocess.SubprocessError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -223,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"full image: pipeline run --profile tiny exit {full['exit']} in {full['wall_s']} s, report written: {full['report_written']}")
         if full["exit"] != 0 or not full["report_written"]:
             failed.append("full image run")
+    if "jetson" in summary:
+        print(f"Jetson stand-in, EMULATED ({summary['jetson']['emulated']}):")
+        print(format_latency_table(summary["jetson"]["latency_results"]))
     print(f"wrote {out / 'check.json'}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

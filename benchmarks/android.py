@@ -204,7 +204,7 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
             if reported != (threads, run.loop_count):
                 raise AdbError(f"benchncnn on {device['name']} reports num_threads/loop_count {reported}, asked for {(threads, run.loop_count)}")
             results += rows
-    settings = {"tool": "benchncnn", "threads": run.threads, "loop_count": run.loop_count, "powersave": run.powersave,
+    settings = {"tool": run.benchncnn.name, "threads": run.threads, "loop_count": run.loop_count, "powersave": run.powersave,
                 "gpu_device": run.gpu_device, "cooling_down": run.cooling_down, "model_file": run.param.name}
     versions = {"benchncnn": f"{run.benchncnn.name} sha256:{_sha256_prefix(run.benchncnn)}",
                 "android": device.get("android") or "?", "sdk": device.get("sdk") or "?"}

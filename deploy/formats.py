@@ -18,6 +18,7 @@ from pipeline.config import ExportConfig
 from pipeline.errors import ConfigError
 from pipeline.export_catalog import FORMAT_SPECS
 from pipeline.export_catalog import parse_format_entry as parse_catalog_entry
+from pipeline.optional_modules import installed
 from pipeline.preprocess import PreprocessSpec
 from pipeline.run_layout import ExportRecord
 
@@ -141,6 +142,11 @@ def _export_coreml(request: ExportRequest) -> dict:
             **{k: v for k, v in record.items() if k not in {"path", "precision"}}}
 
 
+def _coremltools_installed() -> tuple[bool, str]:
+    """A missing converter is a skipped row that says so (as TensorRT's is), not a failed export that fails the run."""
+    return (True, "") if installed("coremltools") else (False, "coremltools not installed (pip install '.[coreml]')")
+
+
 def _coreml_runner(folder: Path, record: ExportRecord, spec: PreprocessSpec, threads: int) -> Runner:
     from deploy.runners.coreml_runner import CoreMLRunner
 
@@ -179,7 +185,8 @@ FORMATS: dict[str, ExportFormat] = {
     "onnx": ExportFormat("onnx", ".onnx", FORMAT_SPECS["onnx"].precisions, _export_onnx, _onnx_runner, _always, layer_outputs=_onnx_layers),
     "ncnn": ExportFormat("ncnn", ".ncnn.param", FORMAT_SPECS["ncnn"].precisions, _export_ncnn, _ncnn_runner, _always,
                          layer_outputs=_ncnn_layers),
-    "coreml": ExportFormat("coreml", ".mlpackage", FORMAT_SPECS["coreml"].precisions, _export_coreml, _coreml_runner, _coreml_runnable),
+    "coreml": ExportFormat("coreml", ".mlpackage", FORMAT_SPECS["coreml"].precisions, _export_coreml, _coreml_runner, _coreml_runnable,
+                           exportable_here=_coremltools_installed),
     "tensorrt": ExportFormat("tensorrt", ".engine", FORMAT_SPECS["tensorrt"].precisions, _export_tensorrt, _tensorrt_runner,
                              _tensorrt_available, exportable_here=_tensorrt_available),
 }

@@ -59,3 +59,25 @@ def test_each_entry_module_imports_first_in_a_fresh_interpreter(module):
     report before the stages broke on one): each entry point is imported on its own."""
     finished = import_without(set(), f"import {module}")
     assert finished.returncode == 0 and finished.stdout.strip() == "ok", finished.stderr[-2000:]
+
+
+def test_coreml_without_coremltools_is_a_skipped_export_that_says_why():
+    """The full image once lacked the coreml extra and the tiny run failed at export; a missing converter is skipped."""
+    finished = import_without({"coremltools"}, """
+        from deploy.formats import FORMATS
+        exportable, why_not = FORMATS["coreml"].exportable_here()
+        assert not exportable and why_not == "coremltools not installed (pip install '.[coreml]')", why_not
+    """)
+    assert finished.returncode == 0 and finished.stdout.strip() == "ok", finished.stderr[-2000:]
+
+
+def test_device_parity_in_a_deploy_image_writes_its_rows_and_says_where_the_report_is_drawn(tmp_path):
+    """docker-check found device parity exiting 1 in the deploy image after writing its rows: the report redraw
+    imported matplotlib, which the deploy images do not install."""
+    finished = import_without({"matplotlib"}, f"""
+        from pathlib import Path
+        from app.device_parity import redraw_report
+        assert redraw_report(Path({str(tmp_path)!r}), "default") is False
+    """)
+    assert finished.returncode == 0 and "report not redrawn here (matplotlib not installed)" in finished.stdout, finished.stderr[-2000:]
+    assert "--from report" in finished.stdout

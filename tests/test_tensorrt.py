@@ -434,7 +434,7 @@ def test_engines_are_built_here_never_taken_from_the_host(tmp_path, monkeypatch)
         return {"engine_bytes": 10, "tensorrt_version": "10.3.0"}
 
     monkeypatch.setattr(tensorrt_export, "tensorrt_available", lambda: (True, ""))
-    monkeypatch.setattr(tensorrt_export, "_importable", lambda module: True)
+    monkeypatch.setattr(tensorrt_export, "installed", lambda module: True)
     monkeypatch.setattr(tensorrt_export, "build_engine", fake_build)
     records = engines_here(export_dir, tmp_path / "here", max_batch=16)
     assert built == [("student_fp32.onnx", "fp16", (16, 3, 16, 16))]  # from the run's ONNX export, on this machine

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import importlib.util
 import logging
 import re
 import sys
@@ -44,6 +43,7 @@ import numpy as np
 
 from deploy.export.calibration import calibration_batches
 from pipeline.artifacts import atomic_path, write_bytes_atomic, write_json_atomic
+from pipeline.optional_modules import installed
 from pipeline.preprocess import PreprocessSpec
 from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, ExportRecord, checked_export_records, read_export_records
 
@@ -68,7 +68,7 @@ def tensorrt_available() -> tuple[bool, str]:
     missing = []
     if cuda_device_count() == 0:
         missing.append(NO_CUDA_DEVICE)
-    if importlib.util.find_spec("tensorrt") is None:
+    if not installed("tensorrt"):
         missing.append(NOT_INSTALLED)
     return (not missing), "; ".join(missing)
 
@@ -519,7 +519,7 @@ def engine_record_here(export_dir: Path, out_dir: Path, record: ExportRecord, re
     available, why_not = tensorrt_available()
     if not available:
         return {**record, "status": "skipped", "files": [], "bytes": 0, "reason": why_not}
-    if not _importable("torch"):
+    if not installed("torch"):
         return {**record, "status": "skipped", "files": [], "bytes": 0, "reason": TORCH_MISSING}
     source, why_not = onnx_source_here(export_dir, records, record["precision"])
     if source is None:
@@ -532,13 +532,6 @@ def engine_record_here(export_dir: Path, out_dir: Path, record: ExportRecord, re
         log.error("TensorRT %s engine from %s failed here: %s", record["precision"], source, exc)
         return {**record, "status": "failed", "files": [], "bytes": 0, "error": f"built here: {exc.__class__.__name__}: {exc}"}
     return {**record, "status": "exported", "files": [files["engine"]], "bytes": facts["engine_bytes"], "built_here": True, **facts}
-
-
-def _importable(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ValueError:  # sys.modules[module] is None: made unimportable on purpose
-        return False
 
 
 def engines_here(export_dir: Path, out_dir: Path, max_batch: int = 64) -> list[dict]:
