@@ -62,6 +62,7 @@ ANDROID_ARGS ?=
 DOCKER ?= docker
 IMAGE ?= face-distill
 TORCH_INDEX_URL ?=
+L4T_BASE ?= nvcr.io/nvidia/l4t-jetpack:r36.4.0
 .PHONY: bench-android docker-cpu docker-jetson
 
 # A phone on adb (USB debugging on): ANDROID_ARGS="--threads 1 2 4 --loops 50 --serial X". BENCHNCNN=/path/to/benchncnn
@@ -77,12 +78,12 @@ bench-android: setup native-deps
 	$(PHONE_ENV) $(PY) -m benchmarks.android --run-dir $(RUNS_DIR)/$(RUN_NAME) $(if $(BENCHNCNN),--benchncnn $(BENCHNCNN)) $(ANDROID_ARGS)
 
 docker-cpu:
-	$(DOCKER) build -f docker/Dockerfile.cpu --target deploy -t $(IMAGE):cpu-deploy .
-	$(DOCKER) build -f docker/Dockerfile.cpu --target full -t $(IMAGE):cpu .
+	$(DOCKER) build -f docker/Dockerfile --target deploy -t $(IMAGE):cpu-deploy .
+	$(DOCKER) build -f docker/Dockerfile --target full -t $(IMAGE):cpu .
 
 # Without a Docker daemon: both CPU targets built with buildah on a debootstrapped base (Python packages from a wheelhouse
-# made here) and run for real: the deploy image times and parity-checks runs/$(RUN_NAME)'s exports (make mobile-model
-# first) and must hold no torch; the full image runs the tiny profile; the Jetson image is built for linux/arm64 under
+# made here) and run for real: the deploy image times and parity-checks runs/$(RUN_NAME)'s exports (`make mobile-model`,
+# run or reused first) and must hold no torch; the full image runs the tiny profile; the Jetson image is built for linux/arm64 under
 # qemu (binfmt_misc) on an arm64 Debian stand-in for L4T and its entrypoint run, emulated, on the ncnn exports.
 # DOCKER_CHECK_ARGS="--targets deploy" for part of it. Results in build/docker/check.json (app/docker_check.py).
 DOCKER_CHECK_ARGS ?=
@@ -93,12 +94,13 @@ docker-deps:
 	@mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 	@test -e /proc/sys/fs/binfmt_misc/qemu-aarch64 || update-binfmts --enable qemu-aarch64
 
-docker-check: setup docker-deps
+docker-check: mobile-model docker-deps
 	$(PY) -m app.docker_check --run-dir $(RUNS_DIR)/$(RUN_NAME) --profile $(PROFILE) $(DOCKER_CHECK_ARGS)
 
 # On the Jetson; TORCH_INDEX_URL=<NVIDIA's wheel index for your JetPack> adds torch (the TensorRT Python runner needs it).
 docker-jetson:
-	$(DOCKER) build -f docker/Dockerfile.jetson -t $(IMAGE):jetson $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
+	$(DOCKER) build -f docker/Dockerfile --target jetson --build-arg BASE_IMAGE=$(L4T_BASE) -t $(IMAGE):jetson \
+	  $(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) .
 
 # Distillation ablation (app/ablation.py): every variant x the profile's seeds on one data set, teacher and budget.
 # ABLATION_ARGS e.g. "--variants no_kd,urfm_apt --seeds 0" for a partial run; finished trainings are reused.

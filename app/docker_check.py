@@ -1,4 +1,4 @@
-"""`make docker-check`: the CPU image's `deploy` and `full` targets built from docker/Dockerfile.cpu and run for real,
+"""`make docker-check`: docker/Dockerfile's CPU targets (`deploy`, `full`) and its Jetson target built and run for real,
 without a Docker daemon or a registry (what ../shared/ENV.md measured to work here).
 
 - The base image: Debian bookworm made by `debootstrap --variant=minbase` with python3 and pip, standing in for
@@ -9,9 +9,9 @@ without a Docker daemon or a registry (what ../shared/ENV.md measured to work he
   the deploy image times a run's exports with its own entrypoint (docker/device-benchmark.sh; the latency JSON must
   load with the project's schema), runs device parity on the same faces as the host (`app.device_parity here`; the
   rows must pass), and must hold no torch; the full image runs `python -m pipeline run --profile tiny` to the end.
-- The Jetson image as far as this machine goes (`--targets jetson`): docker/Dockerfile.jetson built for linux/arm64
+- The Jetson image as far as this machine goes (`--targets jetson`): the `jetson` target built for linux/arm64
   under qemu-user emulation (binfmt_misc, Debian's qemu-user-static) on an arm64 bookworm base standing in for L4T
-  (L4T_BASE build argument; no TensorRT, CUDA or JetPack torch there, so TORCH_INDEX_URL stays empty and the
+  (its BASE_IMAGE; no TensorRT, CUDA or JetPack torch there, so TORCH_INDEX_URL stays empty and the
   TensorRT rows say why they were skipped), then its entrypoint run, emulated, on the run's ncnn exports.
 - build/docker/check.json records build times, image sizes, the latency rows and the parity rows.
 """
@@ -35,8 +35,7 @@ from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout, read_ex
 
 log = logging.getLogger("app.docker_check")
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile.cpu"
-JETSON_DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile.jetson"
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 BASE_IMAGE = "localhost/face-distill-base:bookworm"
 ARM_BASE_IMAGE = "localhost/face-distill-base:bookworm-arm64"
 IMAGES = {"deploy": "localhost/face-distill:cpu-deploy", "full": "localhost/face-distill:cpu", "jetson": "localhost/face-distill:jetson-standin"}
@@ -125,11 +124,11 @@ def make_arm_wheelhouse(wheels: Path) -> float:
 
 
 def build_jetson_standin(wheels: Path) -> float:
-    """docker/Dockerfile.jetson for linux/arm64 on ARM_BASE_IMAGE, every RUN step emulated. Seconds."""
+    """docker/Dockerfile's jetson target for linux/arm64 on ARM_BASE_IMAGE, every RUN step emulated. Seconds."""
     started = time.perf_counter()
     log.info("build: Jetson stand-in (linux/arm64 under qemu) -> %s", IMAGES["jetson"])
-    buildah("bud", "--isolation", "chroot", "--arch", "arm64", "--file", str(JETSON_DOCKERFILE), "--ignorefile",
-            f"{JETSON_DOCKERFILE}.dockerignore", "--build-arg", f"L4T_BASE={ARM_BASE_IMAGE}", "--volume", f"{wheels}:/wheels:ro",
+    buildah("bud", "--isolation", "chroot", "--arch", "arm64", "--file", str(DOCKERFILE), "--ignorefile", f"{DOCKERFILE}.dockerignore",
+            "--target", "jetson", "--build-arg", f"BASE_IMAGE={ARM_BASE_IMAGE}", "--volume", f"{wheels}:/wheels:ro",
             "--tag", IMAGES["jetson"], str(REPO_ROOT), timeout=5400)
     return round(time.perf_counter() - started, 1)
 
@@ -169,7 +168,7 @@ def check_jetson_standin(run_dir: Path, out_dir: Path) -> dict:
 
 
 def build_target(target: str, wheels: Path) -> float:
-    """docker/Dockerfile.cpu's `target`, built on BASE_IMAGE with the wheelhouse mounted at /wheels. Seconds."""
+    """docker/Dockerfile's `target`, built on BASE_IMAGE with the wheelhouse mounted at /wheels. Seconds."""
     started = time.perf_counter()
     log.info("build: %s target -> %s", target, IMAGES[target])
     buildah("bud", "--isolation", "chroot", "--file", str(DOCKERFILE), "--ignorefile", f"{DOCKERFILE}.dockerignore",
@@ -207,11 +206,11 @@ def check_deploy_image(run_dir: Path, out_dir: Path, profile: str) -> dict:
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
     started = time.perf_counter()
-    status, output = run_in(IMAGES["deploy"], ["docker/device-benchmark.sh", "/models/export", "/results/latency-cpu.json"],
+    status, output = run_in(IMAGES["deploy"], ["docker/device-benchmark.sh", "/models/export", "/results/latency.json"],
                             [f"{run_dir / 'export'}:/models/export:ro", f"{results}:/results"])
     if status != 0:
         raise DockerCheckError(f"device-benchmark.sh in {IMAGES['deploy']} exited {status}: {' | '.join(output.strip().splitlines()[-4:])}")
-    latency = load_latency_document(results / "latency-cpu.json")  # the project's schema, or a one-line DataError
+    latency = load_latency_document(results / "latency.json")  # the project's schema, or a one-line DataError
     latency_s = round(time.perf_counter() - started, 1)
     status, output = run_in(IMAGES["deploy"], ["python3", "-m", "app.device_parity", "--run-dir", "/run", "--profile", profile,
                                                "here", "--formats", "onnx", "ncnn", "--name", "docker-cpu-deploy"],
@@ -253,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_tools()
         if "deploy" in args.targets and not RunLayout(run_dir).exports_file.is_file():
-            raise DockerCheckError(f"{run_dir}: no finished export stage to time (run `make mobile-model` first)")
+            raise DockerCheckError(f"{run_dir}: no finished export stage to time (run `make mobile-model`)")
         if args.rebuild_base or not image_exists(BASE_IMAGE):
             summary["build_s"]["base"] = make_base(out)
         summary["build_s"]["wheelhouse"] = make_wheelhouse(out / "wheels")

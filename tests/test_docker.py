@@ -15,7 +15,8 @@ import pytest
 from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCKERFILES = [REPO_ROOT / "docker" / "Dockerfile.cpu", REPO_ROOT / "docker" / "Dockerfile.jetson"]
+DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
+DOCKERFILES = [DOCKERFILE]
 DEPLOY_REQUIREMENTS = REPO_ROOT / "docker" / "requirements-deploy.txt"
 
 
@@ -56,18 +57,48 @@ def test_every_pinned_package_in_a_dockerfile_matches_pyproject(dockerfile: Path
         requirement = Requirement(text)
         assert requirement.name.lower() in declared, f"{dockerfile.name}: {text} is not in pyproject.toml"
         assert requirement.specifier == declared[requirement.name.lower()].specifier, f"{dockerfile.name}: {text} vs {declared[requirement.name.lower()]}"
-    if dockerfile.name == "Dockerfile.cpu":
+    if dockerfile == DOCKERFILE:
         assert {Requirement(t).name for t in quoted} >= {"torch", "torchvision"}
         assert '".[ncnn,coreml]"' in dockerfile.read_text()  # the project with the extras the default profile exports through
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_both_images_install_the_same_deploy_layer(dockerfile: Path) -> None:
-    text = dockerfile.read_text()
-    assert "pip install --no-cache-dir -r docker/requirements-deploy.txt" in text
-    for folder in ("pipeline", "deploy", "benchmarks", "app"):
-        assert f"COPY {folder} {folder}" in text
-    assert 'ENTRYPOINT ["docker/device-benchmark.sh"]' in text
+def stages(text: str) -> dict[str, tuple[str, str]]:
+    """Each build stage of a Dockerfile: name -> (the image it starts FROM, its instructions)."""
+    found, name = {}, None
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            words = line.split()
+            name = words[3] if len(words) > 3 else words[1]
+            found[name] = (words[1], "")
+        elif name is not None:
+            found[name] = (found[name][0], found[name][1] + line + "\n")
+    return found
+
+
+def test_every_image_installs_the_one_deploy_stage() -> None:
+    """Issue 20: the CPU and Jetson images install the same deploy layer by construction: one deploy stage, with the
+    device chosen by BASE_IMAGE, and every other target built FROM it."""
+    built = stages(DOCKERFILE.read_text())
+    assert set(built) == {"deploy", "full", "jetson"}
+    assert built["deploy"][0] == "${BASE_IMAGE}" and built["full"][0] == built["jetson"][0] == "deploy"
+    deploy = built["deploy"][1]
+    assert "pip install --no-cache-dir -r docker/requirements-deploy.txt" in deploy
+    for folder in ("pipeline", "deploy", "benchmarks", "app", "configs"):
+        assert f"COPY {folder} {folder}" in deploy
+    assert 'ENTRYPOINT ["docker/device-benchmark.sh"]' in deploy
+    for other in ("full", "jetson"):  # nothing the deploy layer holds is installed or copied a second way
+        instructions = [line for line in built[other][1].splitlines() if not line.lstrip().startswith("#")]
+        assert not any("requirements-deploy.txt" in line or line.startswith("COPY pipeline") for line in instructions)
+
+
+def test_the_build_context_carries_what_the_dockerfile_copies() -> None:
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    copied = set()
+    for line in DOCKERFILE.read_text().splitlines():
+        if line.startswith("COPY "):
+            copied |= set(line.split()[1:-1])
+    assert copied <= allowed, copied - allowed
 
 
 def test_device_benchmark_imports_only_copied_modules_that_parse_as_python_310() -> None:
