@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks.latency import format_latency_table, load_latency_document
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import PipelineError
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, RunLayout, read_export_records
+from pipeline.run_layout import EXPORTS_FILE, LATENCY_FILE, MODEL_MANIFEST, RunLayout, read_export_records
 
 log = logging.getLogger("app.docker_check")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -206,11 +206,11 @@ def check_deploy_image(run_dir: Path, out_dir: Path, profile: str) -> dict:
     shutil.rmtree(results, ignore_errors=True)
     results.mkdir(parents=True)
     started = time.perf_counter()
-    status, output = run_in(IMAGES["deploy"], ["docker/device-benchmark.sh", "/models/export", "/results/latency.json"],
+    status, output = run_in(IMAGES["deploy"], ["docker/device-benchmark.sh", "/models/export", f"/results/{LATENCY_FILE}"],
                             [f"{run_dir / 'export'}:/models/export:ro", f"{results}:/results"])
     if status != 0:
         raise DockerCheckError(f"device-benchmark.sh in {IMAGES['deploy']} exited {status}: {' | '.join(output.strip().splitlines()[-4:])}")
-    latency = load_latency_document(results / "latency.json")  # the project's schema, or a one-line DataError
+    latency = load_latency_document(results / LATENCY_FILE)  # the project's schema, or a one-line DataError
     latency_s = round(time.perf_counter() - started, 1)
     status, output = run_in(IMAGES["deploy"], ["python3", "-m", "app.device_parity", "--run-dir", "/run", "--profile", profile,
                                                "here", "--formats", "onnx", "ncnn", "--name", "docker-cpu-deploy"],
