@@ -32,6 +32,21 @@ def calibration_batches(images_rgb: np.ndarray, spec: PreprocessSpec, batch_size
     return [preprocess(images_rgb[start : start + batch_size], spec) for start in range(0, usable, batch_size)]
 
 
+def ort_calibration_reader(input_name: str, batches: list[np.ndarray]):
+    """ONNX Runtime's quantize_static input: `batches` (preprocessed float32 arrays) one per get_next, then None."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class BatchReader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self) -> dict | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {input_name: batch}
+
+    return BatchReader()
+
+
 def percentile_threshold(histogram: np.ndarray, bin_width: float, percentile: float = 99.999) -> float:
     """The |x| below which `percentile` % of the histogram's mass lies (upper edge of that bin)."""
     histogram = np.asarray(histogram, np.float64)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from torch import nn
 
-from deploy.export.calibration import calibration_batches
+from deploy.export.calibration import calibration_batches, ort_calibration_reader
 from deploy.export.onnx_export import export_onnx
 from pipeline.artifacts import atomic_path
 from pipeline.preprocess import PreprocessSpec
@@ -78,21 +78,11 @@ def depthwise_conv_nodes(model: onnx.ModelProto) -> list[str]:
 def quantise_onnx_static(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray], method: str,
                          excluded_nodes: list[str] = ()) -> None:
     """ONNX Runtime's quantize_static fed from `batches` (preprocessed float32 arrays); `excluded_nodes` stay float."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static,
-    )
-
-    class BatchReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     calibrate_method = getattr(CalibrationMethod, CALIBRATION_METHODS[method])
     quantize_static(
-        str(fp32_path), str(out_path), BatchReader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(fp32_path), str(out_path), ort_calibration_reader(input_name, batches), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
         nodes_to_exclude=list(excluded_nodes),
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},

@@ -222,18 +222,12 @@ def tensorrt_qdq_options() -> dict[str, Any]:
 def write_tensorrt_qdq_onnx(fp32_path: Path, out_path: Path, input_name: str, batches: list[np.ndarray]) -> Path:
     """Static int8 Q/DQ of `fp32_path`, per-channel weights, entropy-calibrated on `batches` (every image of each)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    class BatchReader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
+    from deploy.export.calibration import ort_calibration_reader
 
     with atomic_path(out_path) as temp:
-        quantize_static(str(fp32_path), str(temp), BatchReader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        quantize_static(str(fp32_path), str(temp), ort_calibration_reader(input_name, batches), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.Entropy, extra_options=tensorrt_qdq_options())
         problems = tensorrt_qdq_problems(onnx.load(str(temp)))
