@@ -6,7 +6,7 @@ PROFILE ?= default
 RUN_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: setup mobile-model test bench bench-real pareto-real real-long real-gpu teacher-pretrain clean
+.PHONY: setup mobile-model test bench profile-training bench-real pareto-real real-long real-gpu teacher-pretrain clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test: setup native-deps
 
 bench: setup
 	$(PY) -m pipeline run --profile $(PROFILE) --from benchmark $(RUN_ARGS)
+
+# Where a training step of the profile's student goes (torch.profiler; benchmarks/step_profile.py): its parts and kernels.
+# RUN_ARGS='--set distill.optim.mixed_precision=false' profiles fp32 where the CPU would train in bf16.
+profile-training: setup
+	$(PY) -m app.profile_training --profile $(PROFILE) $(RUN_ARGS)
 
 # Real faces (configs/real.yaml): the pretrained EdgeFace-XS teacher ($$FACE_MODELS_ROOT, default ../shared/models)
 # distilled into MobileFaceNet on aligned LFW + CelebA ($$FACE_DATA_ROOT, default ../shared/data); about 50 min on 2 cores.

@@ -23,16 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from app.stages.student_stages import StudentJob, train_student
-from benchmarks.ablation_tables import FAR_TARGETS, ablation_markdown, ablation_rows, claims
+from benchmarks.ablation_tables import FAR_TARGETS, ablation_markdown, ablation_rows, claims, untested_claims
 from deploy.runners.torch_runner import TorchRunner
 from pipeline import __version__
 from pipeline.artifacts import sha256_json, write_json_atomic, write_text_atomic
 from pipeline.config import DistillVariant, RunConfig, load_config, profile_path
 from pipeline.data.arrays import VerificationPairs
 from pipeline.data.store import load_verification_sets
+from pipeline.distill.apt import apt_teacher_problem
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluation.verification import evaluate_verification
 from pipeline.models.saved import load_model
+from pipeline.models.vit_teacher import FaceViT
 from pipeline.run_layout import ABLATION_DIR
 from pipeline.stages.common import run_preprocess_spec
 from pipeline.stages.fingerprint import read_manifest
@@ -126,9 +128,15 @@ def run_ablation(config: RunConfig, runs_dir: Path, variant_names: list[str] | N
     }
     document["rows"] = ablation_rows(document)
     document["claims"] = claims(document)
+    document["untested_claims"] = untested_claims(trained, apt_problem(load_model(run_dir / "teacher", "teacher")))
     write_json_atomic(out_dir / "ablation.json", document)
     write_text_atomic(out_dir / "ablation.md", ablation_markdown(document))
     return document
+
+
+def apt_problem(teacher) -> str | None:
+    """Why APT cannot run with this teacher (None where it can: the project's ViT teachers)."""
+    return None if isinstance(teacher, FaceViT) else apt_teacher_problem(type(teacher).__name__)
 
 
 def _stages():

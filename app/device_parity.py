@@ -7,8 +7,9 @@
 model and the verification faces over adb, runs it, pulls the embeddings and gates them on this machine against
 the run's PyTorch embeddings; rows are tagged with the phone's model, ABI and SoC (getprop). `here` runs the
 formats' own runners on this machine (the Jetson image: TensorRT engines built on the device from the run's ONNX
-export). Both write runs/<run>/devices/parity/<name>.json in the parity stage's schema, which the report's parity
-table and the run's exit status pick up; the report is redrawn at once.
+export). Both write runs/<run>/devices/parity/<name>.json in the parity stage's schema, with when it ran and which
+of the run's exports it measured (exports_digest): the report's parity table and the run's exit status pick up the
+rows of the current export, and the report lists a file from an earlier one as stale; the report is redrawn at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 import os
 import platform
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.android import run_exports
@@ -27,7 +29,7 @@ from pipeline.artifacts import write_json_atomic
 from pipeline.config import ParityConfig, load_config, profile_path
 from pipeline.errors import DataError, PipelineError
 from pipeline.optional_modules import installed
-from pipeline.run_layout import RunLayout
+from pipeline.run_layout import EXPORTS_DIGEST, RunLayout, exports_digest
 
 log = logging.getLogger(__name__)
 ANDROID_REMOTE_DIR = "/data/local/tmp/face-distill-parity"
@@ -35,6 +37,13 @@ ANDROID_REMOTE_DIR = "/data/local/tmp/face-distill-parity"
 
 def device_parity_path(run_dir: Path, name: str) -> Path:
     return RunLayout(run_dir).device_parity_file(name)
+
+
+def measured_now(run_dir: Path) -> dict:
+    """When device parity ran and which export of the run it measured, so that a re-export makes its rows stale
+    instead of leaving them in the report as the new export's."""
+    return {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            EXPORTS_DIGEST: exports_digest(RunLayout(run_dir).exports_file.parent)}
 
 
 def android_parity(run_dir: Path, tool: Path | None, parity: ParityConfig, adb_executable: str | None = None,
@@ -50,6 +59,7 @@ def android_parity(run_dir: Path, tool: Path | None, parity: ParityConfig, adb_e
     if tool is not None and not tool.is_file():
         raise DataError(tool, "face_embed for the phone not found (leave --tool out to build the static aarch64 one)")
     records = run_exports(run_dir, "ncnn")
+    measured = measured_now(run_dir)
     executable = find_adb(adb_executable)
     serial = choose_device(attached_devices(Adb(executable).run("devices")), serial)
     adb = Adb(executable, serial)
@@ -68,7 +78,8 @@ def android_parity(run_dir: Path, tool: Path | None, parity: ParityConfig, adb_e
         host.close()
     for result in results:
         result.details.update({"device": device, "cpu_features": features})
-    return {"device": device, "cpu_features": features, "verification_set": pairs.name, "results": [r.to_dict() for r in results]}
+    return {**measured, "device": device, "cpu_features": features, "verification_set": pairs.name,
+            "results": [r.to_dict() for r in results]}
 
 
 def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: str, threads: int = 1) -> dict:
@@ -79,6 +90,7 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
 
     spec, pairs, reference, student = parity_inputs(run_dir)
     export_dir, records = run_dir / "export", run_exports(run_dir)
+    measured = measured_now(run_dir)
     chosen = [record for record in records if record["format"] in formats]
     if not chosen:
         raise DataError(RunLayout(run_dir).exports_file, f"no export of {', '.join(formats)} in this run")
@@ -92,7 +104,7 @@ def parity_here(run_dir: Path, formats: list[str], parity: ParityConfig, name: s
     for result in results:
         result.backend = f"{result.backend} ({name})"
         result.details["device"] = device
-    return {"device": device, "verification_set": pairs.name, "results": [r.to_dict() for r in results]}
+    return {**measured, "device": device, "verification_set": pairs.name, "results": [r.to_dict() for r in results]}
 
 
 REPORT_PACKAGES = ("matplotlib",)  # what drawing the report needs beyond the deploy images' packages

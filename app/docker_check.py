@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks.latency import format_latency_table, load_latency_document
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import PipelineError
-from pipeline.run_layout import EXPORTS_FILE, LATENCY_FILE, MODEL_MANIFEST, RunLayout, read_export_records
+from pipeline.run_layout import DOCKER_DEPLOY_DEVICE, EXPORTS_FILE, LATENCY_FILE, MODEL_MANIFEST, RunLayout, read_export_records
 
 log = logging.getLogger("app.docker_check")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -213,9 +213,9 @@ def check_deploy_image(run_dir: Path, out_dir: Path, profile: str) -> dict:
     latency = load_latency_document(results / LATENCY_FILE)  # the project's schema, or a one-line DataError
     latency_s = round(time.perf_counter() - started, 1)
     status, output = run_in(IMAGES["deploy"], ["python3", "-m", "app.device_parity", "--run-dir", "/run", "--profile", profile,
-                                               "here", "--formats", "onnx", "ncnn", "--name", "docker-cpu-deploy"],
+                                               "here", "--formats", "onnx", "ncnn", "--name", DOCKER_DEPLOY_DEVICE],
                             [f"{run_dir}:/run"])
-    parity_path = RunLayout(run_dir).device_parity_file("docker-cpu-deploy")
+    parity_path = RunLayout(run_dir).device_parity_file(DOCKER_DEPLOY_DEVICE)
     parity = json.loads(parity_path.read_text()) if parity_path.is_file() else {"results": []}
     torch_status, _ = run_in(IMAGES["deploy"], ["python3", "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"], [])
     return {"latency_results": latency["results"], "latency_skipped": latency.get("skipped", []), "latency_wall_s": latency_s,

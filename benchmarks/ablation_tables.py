@@ -77,6 +77,29 @@ def claims(document: dict) -> list[dict]:
     return verdicts
 
 
+def untested_claims(trained: list[str], apt_problem: str | None) -> list[dict]:
+    """The paper's claims this ablation cannot test, each with why: a variant it names was not trained (for an APT
+    variant with a teacher APT does not apply to, `apt_problem` says why it cannot be)."""
+    untested = []
+    for better, worse in CLAIMS:
+        missing = [name for name in (better, worse) if name not in trained]
+        if missing:
+            why = apt_problem if apt_problem and any("apt" in name for name in missing) else f"no {' or '.join(missing)} row in this profile"
+            untested.append({"claim": f"{better} > {worse}", "why": why})
+    return untested
+
+
+def untested_text(document: dict) -> str | None:
+    """One paragraph naming the claims not tested here and why (None when every claim was tested)."""
+    untested = document.get("untested_claims") or []
+    if not untested:
+        return None
+    reasons: dict[str, list[str]] = {}
+    for item in untested:
+        reasons.setdefault(item["why"], []).append(item["claim"])
+    return "Not tested here: " + "; ".join(f"{', '.join(claims)} ({why})" for why, claims in reasons.items()) + "."
+
+
 def _objective_text(variant: dict) -> str:
     parts = [f"{loss['weight']:g}·{loss['name']}" for loss in variant["losses"]]
     if variant.get("apt"):
@@ -140,4 +163,6 @@ def ablation_markdown(document: dict) -> str:
         claim_header, claim_rows = claims_table(document)
         lines += ["", CLAIMS_NOTE, "", "| " + " | ".join(claim_header) + " |", "|" + "---|" * len(claim_header)]
         lines += ["| " + " | ".join(row) + " |" for row in claim_rows]
+    if untested_text(document):
+        lines += ["", untested_text(document)]
     return "\n".join(lines) + "\n"

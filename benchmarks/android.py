@@ -29,7 +29,7 @@ from benchmarks.latency import format_latency_table, latency_document, load_late
 from deploy.native.build import phone_tools
 from pipeline.artifacts import write_json_atomic
 from pipeline.errors import DataError, PipelineError
-from pipeline.run_layout import MODEL_MANIFEST, ExportRecord, RunLayout, read_export_records
+from pipeline.run_layout import MODEL_MANIFEST, ExportRecord, RunLayout, exports_digest, read_export_records
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/data/local/tmp/face-distill-bench"
@@ -170,8 +170,10 @@ def _sha256_prefix(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model_bytes: int | None = None) -> dict:
-    """Push, run once per thread count, pull, parse: a latency document tagged with the phone's description."""
+def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model_bytes: int | None = None,
+                       measured_exports: str | None = None) -> dict:
+    """Push, run once per thread count, pull, parse: a latency document tagged with the phone's description (and
+    `measured_exports`, the exports_digest of the run whose model it timed)."""
     device = describe_android_device(parse_getprop(adb.shell("getprop")))
     check_binary_runs_on(run.benchncnn, device)
     adb.shell(f"mkdir -p {REMOTE_DIR}")
@@ -208,7 +210,7 @@ def benchmark_on_phone(adb: Adb, run: PhoneRun, model: dict | None = None, model
                 "gpu_device": run.gpu_device, "cooling_down": run.cooling_down, "model_file": run.param.name}
     versions = {"benchncnn": f"{run.benchncnn.name} sha256:{_sha256_prefix(run.benchncnn)}",
                 "android": device.get("android") or "?", "sdk": device.get("sdk") or "?"}
-    return latency_document(results, [], device, versions, model, settings)
+    return latency_document(results, [], device, versions, model, settings, measured_exports)
 
 
 def run_exports(run_dir: Path, exported_format: str | None = None) -> list[ExportRecord]:
@@ -262,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             log.info("android: %s; timing with the project's face_bench for the phone", why_not)
             binary = phone_tools().bench
         param, weights, input_whc, model_bytes, model = ncnn_model_of_run(args.run_dir, args.precision)
+        measured_exports = exports_digest(RunLayout(args.run_dir).exports_file.parent)
         run = PhoneRun(binary, param, weights, input_whc, args.threads, args.loops, args.powersave, args.gpu_device, not args.no_cooling_down)
-        document = benchmark_on_phone(Adb(executable, serial), run, model, model_bytes)
+        document = benchmark_on_phone(Adb(executable, serial), run, model, model_bytes, measured_exports)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = args.out or args.run_dir / "devices" / f"android_{serial}.json"
+    out = args.out or RunLayout(args.run_dir).device_latency_file(f"android_{serial}")
     write_json_atomic(out, document)
     device = document["device"]
     print(f"{device['name']} ({device['cpu']}, {device['abi']})" + (": EMULATED, these times are not a phone's latency" if device["emulated"] else ""))

@@ -9,6 +9,7 @@ Result file, schema_version 1 (every latency file: this machine's, a phone's via
 
     {
       "schema_version": 1, "kind": "latency", "created_at": ISO-8601 UTC,
+      "exports_digest": pipeline.run_layout.exports_digest of the run's export folder the timed models came from,
       "device":   {"kind": "host"|"android"|..., "cpu", "cpu_count", "cpu_features", "abi", "os", ...},
       "versions": {package: version} of the runtimes that produced the times,
       "model":    {"name", "parameters", "flops", "macs", "input_shape", "counter", ...} or null,
@@ -23,6 +24,10 @@ Times are milliseconds per call of one batch; peak_rss_mb - rss_before_mb is the
 "tool" says who timed the row: "python" (this module, through the project's runners), "benchncnn" (ncnn's
 tool: min/max/avg only, so p50/p90/p99/std are null) or "trtexec" (TensorRT's tool: p50 is its median, std
 null); "settings" holds the tool's own settings. images_per_s is batch / p50 (or / mean where there is none).
+
+Versioning: a field added as optional keeps schema_version 1, and readers take its absence as "unknown" (files
+written before "exports_digest" existed lack it: the report lists such device files as stale, export unknown).
+Removing a field or changing what one means bumps SCHEMA_VERSION, and load_latency_document refuses other versions.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from pipeline.artifacts import write_json_atomic
 from pipeline.config import BenchmarkConfig
 from pipeline.errors import DataError
 from pipeline.preprocess import PreprocessSpec, preprocess
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST, ExportRecord, read_export_records
+from pipeline.run_layout import EXPORTS_DIGEST, EXPORTS_FILE, MODEL_MANIFEST, ExportRecord, exports_digest, read_export_records
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +196,14 @@ def targets_from_exports(export_dir: Path, export_records: list[ExportRecord], s
 
 
 def latency_document(results: list[LatencyResult | dict], skipped: list[dict], device: dict, versions: dict,
-                     model: dict | None, settings: dict) -> dict:
-    """The result file's content (schema in the module docstring)."""
+                     model: dict | None, settings: dict, measured_exports: str | None = None) -> dict:
+    """The result file's content (schema in the module docstring); `measured_exports`: the exports_digest of the
+    run's export folder that was timed (None: not known, e.g. a benchmark of models from outside a run)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": RESULT_KIND,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        EXPORTS_DIGEST: measured_exports,
         "device": device,
         "versions": versions,
         "model": model,
@@ -246,9 +253,10 @@ def format_latency_table(results: list[LatencyResult | dict]) -> str:
 
 def run_latency_matrix(export_dir: Path, export_records: list[ExportRecord], spec: PreprocessSpec, settings: BenchmarkConfig,
                        images_rgb: np.ndarray, engine_dir: Path, extra_targets: tuple[BenchmarkTarget, ...] = (),
-                       model: dict | None = None) -> dict:
+                       model: dict | None = None, measured_exports: str | None = None) -> dict:
     """Every runnable export (plus `extra_targets`, e.g. PyTorch), and ncnn's benchncnn and TensorRT's trtexec where
-    present (trtexec builds its engines into `engine_dir`): the result document."""
+    present (trtexec builds its engines into `engine_dir`): the result document. `measured_exports`: the digest of
+    the run's export folder these came from (default: `export_dir`'s own), which a device's copy may rewrite."""
     from benchmarks.benchncnn import benchncnn_here, face_bench_here
     from benchmarks.host import describe_host, runtime_versions
     from benchmarks.trtexec import trtexec_here
@@ -274,7 +282,8 @@ def run_latency_matrix(export_dir: Path, export_records: list[ExportRecord], spe
     engine_results, engine_skipped = trtexec_here(export_dir, export_records, spec.input_name, (3, spec.height, spec.width),
                                                   [1, settings.throughput_batch], engine_dir)
     return latency_document([*results, *native_results, *engine_results], [*skipped, *native_skipped, *engine_skipped], device,
-                            runtime_versions(), model, {**settings.model_dump(mode="json"), "threads": thread_counts, "threads_left_out": too_many})
+                            runtime_versions(), model, {**settings.model_dump(mode="json"), "threads": thread_counts, "threads_left_out": too_many},
+                            measured_exports or exports_digest(export_dir))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=main.__doc__)
     parser.add_argument("export_dir", type=Path, help=f"a run's export/ folder ({EXPORTS_FILE}, {MODEL_MANIFEST}, model files)")
     parser.add_argument("--out", type=Path, required=True, help="result JSON to write")
+    parser.add_argument("--run-exports", type=Path, help="the run's export folder EXPORT_DIR was made from, whose records the "
+                        "result names as measured (default: EXPORT_DIR; docker/device-benchmark.sh passes the folder it rebuilt "
+                        "TensorRT engines from)")
     parser.add_argument("--threads", type=int, nargs="+", default=defaults.threads)
     parser.add_argument("--warmup-runs", type=int, default=defaults.warmup_runs)
     parser.add_argument("--timed-runs", type=int, default=defaults.timed_runs)
@@ -303,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     model = {"name": json.loads((args.export_dir / MODEL_MANIFEST).read_text()).get("model"),
              "input_shape": [1, 3, spec.height, spec.width]}
     document = run_latency_matrix(args.export_dir, read_export_records(args.export_dir), spec,
-                                  settings, images, args.out.parent / "engines", model=model)
+                                  settings, images, args.out.parent / "engines", model=model,
+                                  measured_exports=exports_digest(args.run_exports or args.export_dir))
     write_json_atomic(args.out, document)
     print(format_latency_table(document["results"]))
     for entry in document["skipped"]:

@@ -8,21 +8,25 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
-from benchmarks.ablation_tables import CLAIMS_NOTE, claims_table, format_table, stored_ablation
+from benchmarks.ablation_tables import CLAIMS_NOTE, claims_table, format_table, stored_ablation, untested_text
 from benchmarks.latency import load_latency_document
 from benchmarks.plots import plot_latency_bars, plot_latency_vs_accuracy, plot_pareto, plot_training_curves
 from benchmarks.report_document import Document
 from pipeline.artifacts import write_text_atomic
 from pipeline.evaluation.roc_plot import plot_roc_curves
 from pipeline.evaluation.verification import VerificationResult
-from pipeline.run_layout import LATENCY_FILE, REPORT_FILE, RunLayout, all_parity_results, read_export_records
+from pipeline.run_layout import (DOCKER_DEPLOY_DEVICE, LATENCY_FILE, REPORT_FILE, MeasuredExport, RunLayout, all_parity_results,
+                                 measured_export, read_device_parity, read_export_records, run_exports_digest)
 
 log = logging.getLogger(__name__)
 MODEL_LABELS = {"teacher": "teacher", "student_nokd": "student, no distillation", "student": "student, distilled"}
-DEVICES_DIR = "devices"  # runs/<run>/devices/*.json: latency files from phones and boards (benchmarks/android.py)
+DeviceFileKind = Literal["latency", "parity"]  # runs/<run>/devices/*.json, runs/<run>/devices/parity/*.json
+STALE_WHY: dict[MeasuredExport, str] = {"earlier": "measured on an earlier export of this run",
+                                        "unknown": "export unknown (written before exports were recorded)"}
 
 
 def _pct(value: float | None) -> str:
@@ -159,7 +163,7 @@ def _latency_section(doc: Document, run_dir: Path, out_dir: Path, metrics: dict,
                                            f"verification accuracy on {set_name} (%)"),
                   f"Each backend/precision: batch-1 p50 at 1 thread against its own verification accuracy{subset}"
                   + (f"; not plotted: {', '.join(left_out)}" if left_out else ""))
-    _devices_section(doc, run_dir / DEVICES_DIR)
+    _devices_section(doc, run_dir)
 
 
 def _native_targets_section(doc: Document, run_dir: Path) -> None:
@@ -185,11 +189,14 @@ def _native_targets_section(doc: Document, run_dir: Path) -> None:
     doc.table(["where", "ISA", "CPU features ncnn detected", "kernel variants compiled in", "build s (libncnn + tools)"], rows)
 
 
-def _devices_section(doc: Document, devices_dir: Path) -> None:
-    """Latency files from other devices (phones over adb, boards), so their rows sit beside this machine's."""
-    documents = [(path, load_latency_document(path)) for path in sorted(devices_dir.glob("*.json"))] if devices_dir.is_dir() else []
-    real = [(path, other) for path, other in documents if not other.get("device", {}).get("emulated")]
-    emulated = [(path, other) for path, other in documents if other.get("device", {}).get("emulated")]
+def _devices_section(doc: Document, run_dir: Path) -> None:
+    """Latency files from other devices (phones over adb, boards), so their rows sit beside this machine's; device
+    files that measured another export than the run's current one are listed as stale, never shown as its figures."""
+    current = run_exports_digest(run_dir)
+    documents = [(path, load_latency_document(path)) for path in RunLayout(run_dir).device_latency_files()]
+    shown = [(path, other) for path, other in documents if measured_export(other, path, current) == "current"]
+    real = [(path, other) for path, other in shown if not other.get("device", {}).get("emulated")]
+    emulated = [(path, other) for path, other in shown if other.get("device", {}).get("emulated")]
     if real:
         doc.heading("Latency on other devices")
         _device_tables(doc, real)
@@ -198,6 +205,58 @@ def _devices_section(doc: Document, devices_dir: Path) -> None:
         doc.paragraph("These ran under an emulator (Android's, or qemu-user on this machine): they show that the flow and the ARM "
                       "kernels work, and their times say nothing about a phone's.")
         _device_tables(doc, emulated)
+    stale = stale_device_lines(run_dir, documents, current)
+    if stale:
+        doc.heading("Device results of earlier exports (not shown)")
+        for line in stale:
+            doc.paragraph(line)
+
+
+def stale_device_lines(run_dir: Path, latency_documents: list[tuple[Path, dict]], current: str | None) -> list[str]:
+    """One line per device latency or parity file that did not measure the run's current exports (`current`, their
+    exports_digest): left out of every table, yet said, with the command that measures the current export."""
+    parity_documents = [(path, read_device_parity(path)) for path in RunLayout(run_dir).device_parity_files()]
+    lines = []
+    kinds: tuple[tuple[DeviceFileKind, list[tuple[Path, dict]]], ...] = (("latency", latency_documents), ("parity", parity_documents))
+    for kind, documents in kinds:
+        for path, document in documents:
+            measured = measured_export(document, path, current)
+            if measured != "current":
+                lines.append(f"stale: {STALE_WHY[measured]} (`{path.relative_to(run_dir)}`, measured {measured_at(path, document)}); "
+                             f"rerun {rerun_command(run_dir, path, document, kind)}")
+    return lines
+
+
+def measured_at(path: Path, document: dict) -> str:
+    """The file's created_at; device parity files written before they recorded one: the file's modification time."""
+    if document.get("created_at"):
+        return str(document["created_at"])
+    written = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return f"{written} (file time)"
+
+
+def rerun_command(run_dir: Path, path: Path, document: dict, kind: DeviceFileKind) -> str:
+    """The command that writes this device file again, for the run's current exports (Markdown, the command quoted)."""
+    device, run = document.get("device", {}), f"RUN_NAME={run_dir.name}"
+    if device.get("kind") == "android":
+        target = "parity-android" if kind == "parity" else "bench-android"
+        return f"`make {target} {run} {phone_arguments(path, device)}`"
+    if kind == "parity" and path.stem == DOCKER_DEPLOY_DEVICE:
+        return f'`make docker-check {run} DOCKER_CHECK_ARGS="--targets deploy"`'
+    run_path = f"runs/{run_dir.name}"
+    if kind == "parity":
+        formats = sorted({row["backend"].split(" (")[0] for row in document["results"]}) or ["tensorrt"]
+        return (f"`python -m app.device_parity --run-dir {run_path} here --formats {' '.join(formats)} --name {path.stem}` "
+                "on that device (the Jetson image: docker/device-parity.sh)")
+    return f"`docker/device-benchmark.sh {run_path}/export {run_path}/{path.relative_to(run_dir)}` on that device"
+
+
+def phone_arguments(path: Path, device: dict) -> str:
+    """Make arguments that pick the same phone: its serial (the file is android_<serial>), or the emulated phone's CPU."""
+    qemu_prefix = "qemu-aarch64 -cpu "
+    if str(device.get("cpu", "")).startswith(qemu_prefix):
+        return f"FAKE_PHONE={device['cpu'][len(qemu_prefix):]}"
+    return f'ANDROID_ARGS="--serial {path.stem.removeprefix("android_")}"'
 
 
 def _device_tables(doc: Document, documents: list[tuple[Path, dict]]) -> None:
@@ -219,17 +278,24 @@ def _cost_section(doc: Document, run_dir: Path, manifests: dict) -> None:
         doc.paragraph(f"Training images/s on {speed['threads']} threads at batch {speed['batch_size']}, median of {speed['steps_timed']} "
                       f"steps of the one trainer (benchmarks/distill_speed.py); distillation terms: {', '.join(speed['losses'])}; "
                       f"CPU features: {', '.join(speed.get('cpu_features', [])) or 'none of note'}. The student trains "
-                      f"{speed.get('student_speedup_vs_before', '?')}x as fast as with the trainer's old settings. An online "
+                      f"{speed.get('student_speedup_vs_before', '?')}x as fast as with the trainer's old settings (each row of the ladder below "
+                      f"adds one change and runs in a fresh process). An online "
                       f"distillation step takes {speed['online_step_time_vs_student_alone']}x the student-alone step's time.")
-        rows = [
-            ["student alone, before: NCHW, ATen BatchNorm and PReLU", speed.get("student_alone_before_images_per_s")],
-            [f"student alone, now: channels-last {now.get('channels_last')}, fused BatchNorm+PReLU {now.get('fused_kernels_ran')} "
-             "(the baseline stage)", speed["student_alone_images_per_s"]],
+        ladder_labels = {"before": "student alone, before: NCHW, ATen BatchNorm and PReLU, fp32, glibc's default allocation",
+                         "channels_last": "+ channels-last tensors", "fused_kernels": "+ compiled BatchNorm+PReLU kernels",
+                         "bf16_autocast": "+ bf16 autocast" + ("" if now.get("bf16_autocast") else " (no native bf16 here: fp32)"),
+                         "keep_freed_memory": "+ freed memory kept in the process = now (the baseline stage)"}
+        ladder = speed.get("student_ladder") or [{"row": "before", "images_per_s": speed.get("student_alone_before_images_per_s")},
+                                                 {"row": "keep_freed_memory", "images_per_s": speed["student_alone_images_per_s"]}]
+        rows = [[ladder_labels.get(step["row"], step["row"]), step["images_per_s"]] for step in ladder]
+        rows += [
             ["distill, cached teacher embeddings (no augmentation)", speed["distill_cached_teacher_images_per_s"]],
             ["distill, teacher forward inside the step, fp32", speed.get("distill_online_teacher_fp32_images_per_s")],
             [f"distill, teacher forward inside the step, {'bf16' if now.get('teacher_bf16') else 'fp32'}", speed["distill_online_teacher_images_per_s"]],
             ["distill, online teacher and augmentation (the distill stage with `optim.augment`)", speed.get("distill_online_teacher_augmented_images_per_s")],
             ["teacher forward alone (inference; the cache's cost per image)", speed["teacher_forward_images_per_s"]],
+            ["teacher's own training, before: fp32, default allocation", speed.get("teacher_training_before_images_per_s")],
+            ["teacher's own training, now: the teacher profile's settings", speed.get("teacher_training_images_per_s")],
         ]
         doc.table(["training step", "images/s"], [[label, f"{value:.1f}"] for label, value in rows if value is not None])
     stage_rows = [[name, f"{m.get('wall_time_s', 0):.1f}"] for name, m in manifests.items() if name in {"teacher", "baseline", "distill"}]
@@ -342,6 +408,8 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
     if document.get("claims"):
         doc.paragraph(CLAIMS_NOTE)
         doc.table(*claims_table(document))
+    if untested_text(document):
+        doc.paragraph(untested_text(document))
 
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.distill_speed import _step_images_per_s  # the one way steps are timed (median step, warm-up left out)
+from benchmarks.distill_speed import step_images_per_s  # the one way steps are timed (median step, warm-up left out)
 from pipeline.artifacts import write_json_atomic
 from pipeline.config import DistillVariant, LossConfig, RunConfig, load_config, profile_path
 from pipeline.data.arrays import FaceArrays
@@ -64,14 +64,13 @@ def measure_teacher_cache(config: RunConfig, images: int, steps: int, tap: str |
         started = time.perf_counter()
         cached = TeacherSignals(np.asarray(load_array(embeddings_path, mmap=False)), {tap: load_array(tokens_path)})
         result["load_s"] = round(time.perf_counter() - started, 3)
-        # Enough epochs that the timed steps fit even when the images make one or two batches (the projection uses the profile's).
-        timing = config.distill.model_copy(update={"optim": config.distill.optim.model_copy(update={"epochs": steps + 3})})
+        margin, optim = config.distill.margin, config.distill.optim
         for kind, loss in (("embedding", LossConfig(name="embedding_kd")),
                            ("tokens", LossConfig(name="fitnet", args={"teacher_tap": tap}))):
             variant = DistillVariant(losses=[loss])
             terms = lambda: build_losses(variant, loss_context(make_student(), config.data.image_size, teacher, None), seed)  # noqa: E731
-            cached_ips, timed = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), cached)
-            live_ips, _ = _step_images_per_s(make_student, train_set, spec, timing, seed, steps, terms(), FrozenTeacher(teacher))
+            cached_ips, timed = step_images_per_s(make_student, train_set, spec, margin, optim, seed, steps, terms(), cached)
+            live_ips, _ = step_images_per_s(make_student, train_set, spec, margin, optim, seed, steps, terms(), FrozenTeacher(teacher))
             result[kind] = {"cached_images_per_s": cached_ips, "live_images_per_s": live_ips, "steps_timed": timed,
                             "step_speedup": round(cached_ips / live_ips, 2)}
     return result

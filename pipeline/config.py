@@ -57,14 +57,34 @@ def expand_data_root(path: str | None) -> str | None:
 
 
 class VerificationSetConfig(Section):
-    """A user's verification set: an insightface .bin, or an LFW-style pairs.txt over an image folder."""
+    """A user's verification set: an insightface .bin (`path`), an LFW-style pairs.txt (`path`) over an image folder
+    (`image_root`), or `folder_pairs`: `num_pairs` pairs drawn (with `pair_seed`) from a labelled folder
+    <path>/<identity>/<image>, half same identity and half different, for a set of real faces that ships no pair list.
+    """
 
-    kind: Literal["bin", "pairs_txt"]
+    kind: Literal["bin", "pairs_txt", "folder_pairs"]
     path: str
     image_root: str | None = None
     name: str | None = None
+    num_pairs: int | None = Field(None, ge=2, description="folder_pairs: pairs to draw, even (half same identity)")
+    pair_seed: int = Field(0, description="folder_pairs: seed of the draw (the same seed draws the same pairs)")
 
     _paths_expanded = field_validator("path", "image_root")(expand_data_root)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> VerificationSetConfig:
+        if self.kind == "folder_pairs":
+            if self.num_pairs is None:
+                raise ValueError("kind folder_pairs needs num_pairs (how many pairs to draw from the folder)")
+            if self.num_pairs % 2:
+                raise ValueError(f"num_pairs must be even (half same, half different), got {self.num_pairs}")
+            if self.image_root is not None:
+                raise ValueError("image_root is for kind pairs_txt; a folder_pairs set draws from the folder at path")
+        else:
+            given = [key for key in ("num_pairs", "pair_seed") if key in self.model_fields_set and getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{' and '.join(given)} only apply to kind folder_pairs, not {self.kind} (whose file lists its pairs)")
+        return self
 
 
 class ExtraSourceConfig(Section):
@@ -166,13 +186,18 @@ class OptimConfig(Section):
     hflip: bool = True
     checkpoint_every_steps: int = Field(200, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop early (tests, quick runs)")
-    mixed_precision: bool = Field(True, description="bf16 autocast when training on a CUDA device (ignored on CPU)")
+    mixed_precision: bool = Field(True, description="bf16 autocast in training where the device computes bf16 natively: "
+                                  "CUDA, and CPUs with AVX512-BF16/AMX/ARM BF16 (detected at run time; fp32 elsewhere). "
+                                  "Losses stay fp32. Measured 1.64x faster MobileFaceNet steps on an AVX512-BF16 CPU")
+    keep_freed_memory: bool = Field(True, description="glibc: keep freed activation memory in the process between CPU "
+                                    "training steps instead of page-faulting it in again (pipeline/distill/host_memory.py; "
+                                    "measured 1.03-1.15x); process-wide, no effect off glibc")
     sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over all ranks' batches")
-    channels_last: bool = Field(True, description="NHWC memory format for convolutional models (measured 1.25x faster "
+    channels_last: bool = Field(True, description="NHWC memory format for convolutional models (measured 1.12x faster "
                                                   "training of MobileFaceNet on CPU); no effect on transformers")
-    fused_kernels: bool = Field(True, description="BatchNorm + PReLU as one compiled kernel in training (pipeline/models/"
-                                                  "fused_bn.py; measured 1.4x faster MobileFaceNet steps); eager where "
-                                                  "torch.compile cannot run")
+    fused_kernels: bool = Field(True, description="BatchNorm + PReLU as one compiled function in training (pipeline/models/"
+                                                  "fused_bn.py; measured 1.2x faster MobileFaceNet steps on top of "
+                                                  "channels-last); eager where torch.compile cannot run")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="keep an exponential moving average of the weights "
                                     "(timm's ModelEmaV3, with warm-up) and save it as the trained model; none: the last weights")
     augment: AugmentConfig | None = Field(None, description="online augmentation of training faces; none: flips only "

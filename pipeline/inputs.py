@@ -32,7 +32,10 @@ def configured_inputs(config: RunConfig) -> list[tuple[str, str, str]]:
     inputs = [("RecordIO file", path, "recordio") if kind == "recordio" else ("dataset folder", path, "folder")
               for kind, path in sources]
     for entry in data.verification:
-        inputs += [("verification set", entry.path, "file"), ("verification image folder", entry.image_root, "folder")]
+        if entry.kind == "folder_pairs":  # pairs drawn from a labelled folder: the set is the folder
+            inputs += [("verification set folder", entry.path, "folder")]
+        else:
+            inputs += [("verification set", entry.path, "file"), ("verification image folder", entry.image_root, "folder")]
     inputs += [("teacher checkpoint", config.teacher.checkpoint, "file")]
     return [(what, path, kind) for what, path, kind in inputs if path]
 

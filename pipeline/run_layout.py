@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, ConfigDict, TypeAdapter, ValidationError, with_config
 from typing_extensions import NotRequired, TypedDict  # pydantic validates only this TypedDict on Python < 3.12
 
+from pipeline.artifacts import sha256_json
 from pipeline.errors import DataError
 from pipeline.export_catalog import FORMAT_SPECS
 
@@ -26,6 +27,9 @@ LATENCY_FILE = "latency.json"  # benchmark stage (and the Android/Jetson drivers
 PARITY_FILE = "parity.json"  # parity stage: every export against the PyTorch reference
 NATIVE_PARITY_DIR, NATIVE_PARITY_FILE = "native_parity", "native_parity.json"  # the C++ tool's parity rows
 DEVICE_PARITY_GLOB = "devices/parity/*.json"  # written by `make parity-android` / the Jetson image, same schema
+DEVICE_LATENCY_GLOB = "devices/*.json"  # latency files from phones and boards (benchmarks/android.py, device-benchmark.sh)
+DOCKER_DEPLOY_DEVICE = "docker-cpu-deploy"  # `make docker-check`'s device parity name: devices/parity/docker-cpu-deploy.json
+EXPORTS_DIGEST = "exports_digest"  # field of device parity and latency files: which export of the run they measured
 REPORT_FILE = "report.md"  # report stage (report.html beside it)
 ABLATION_DIR = "ablation"  # app/ablation.py: its table, read by the report
 BUDGET_FILE = "budget.json"  # app/budgeted_run.py: the step count a wall-clock budget gave
@@ -83,6 +87,13 @@ class RunLayout:
     def device_parity_files(self) -> list[Path]:
         return sorted(self.run_dir.glob(DEVICE_PARITY_GLOB))
 
+    def device_latency_file(self, name: str) -> Path:
+        """Where a phone's or board's latency file goes (`android_<serial>`, a Jetson's name)."""
+        return self.run_dir / DEVICE_LATENCY_GLOB.rpartition("/")[0] / f"{name}.json"
+
+    def device_latency_files(self) -> list[Path]:
+        return sorted(self.run_dir.glob(DEVICE_LATENCY_GLOB))
+
     @property
     def report_file(self) -> Path:
         return self.run_dir / "report" / REPORT_FILE
@@ -137,9 +148,8 @@ def checked_export_records(records: list[dict], source: Path) -> list[ExportReco
         raise DataError(source, f"export record {where}: {error['msg']}") from None
 
 
-def read_export_records(export_dir: Path) -> list[ExportRecord]:
-    """An export folder's exports.json, checked (a run's export/, or a device's rebuilt copy of it)."""
-    path = Path(export_dir) / EXPORTS_FILE
+def _export_records_as_written(path: Path) -> list:
+    """exports.json's list as the export stage wrote it (not yet checked record by record)."""
     try:
         records = json.loads(path.read_text())
     except OSError as exc:
@@ -148,7 +158,59 @@ def read_export_records(export_dir: Path) -> list[ExportRecord]:
         raise DataError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from exc
     if not isinstance(records, list):
         raise DataError(path, "expected a list of export records")
-    return checked_export_records(records, path)
+    return records
+
+
+def read_export_records(export_dir: Path) -> list[ExportRecord]:
+    """An export folder's exports.json, checked (a run's export/, or a device's rebuilt copy of it)."""
+    path = Path(export_dir) / EXPORTS_FILE
+    return checked_export_records(_export_records_as_written(path), path)
+
+
+def exports_digest(export_dir: Path) -> str:
+    """Which export a device measured: the sha256 of the export folder's records as written (canonical JSON).
+
+    The records hold no file hashes, yet every export rewrites them (each one's export time and size, the int8 gate's
+    figures), so they tell one export of a run from the next without reading the model files again on a device or for
+    every report. Taken from the JSON itself, not the validated records, so that a reader's pydantic cannot move it.
+    Writers of device files and the report both call this: one digest, computed one way."""
+    path = Path(export_dir) / EXPORTS_FILE
+    records = _export_records_as_written(path)
+    checked_export_records(records, path)  # a wrong file is an error here too, never a digest
+    return sha256_json(records)
+
+
+def run_exports_digest(run_dir: Path) -> str | None:
+    """The digest of the run's current exports; None where the export stage has written none."""
+    exports_file = RunLayout(run_dir).exports_file
+    return exports_digest(exports_file.parent) if exports_file.is_file() else None
+
+
+MeasuredExport = Literal["current", "earlier", "unknown"]
+
+
+def measured_export(document: dict, source: Path, current_digest: str | None) -> MeasuredExport:
+    """Whether a device file measured the run's current exports: "earlier" where it measured another export,
+    "unknown" where it records none (written before device files recorded their exports). Only "current" is shown."""
+    recorded = document.get(EXPORTS_DIGEST)
+    if recorded is None:
+        return "unknown"
+    if not isinstance(recorded, str):
+        raise DataError(source, f"{EXPORTS_DIGEST} must be a sha256 hex string, not {type(recorded).__name__}")
+    return "current" if recorded == current_digest else "earlier"
+
+
+def read_device_parity(path: Path) -> dict:
+    """A device parity file (the parity stage's schema plus its device tag), checked enough to read its rows."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise DataError(path, f"cannot read device parity ({exc.strerror or exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not JSON ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise DataError(path, "not a device parity file (expected an object with a \"results\" list)")
+    return document
 
 
 def failed_parity(parity_payload: dict) -> list[dict]:
@@ -161,7 +223,8 @@ def failed_parity(parity_payload: dict) -> list[dict]:
 
 
 def all_parity_results(run_dir: Path) -> dict:
-    """Every parity row of a run: the parity stage's, the native tool's (x86, emulated ARM) and devices' files.
+    """Every parity row of a run: the parity stage's, the native tool's (x86, emulated ARM) and devices' files that
+    measured the run's current exports (the report lists the others as stale).
 
     One table in the report and one exit status: a backend that fails on a phone fails like one that fails here.
     """
@@ -170,6 +233,10 @@ def all_parity_results(run_dir: Path) -> dict:
     results = list(payload["results"])
     if layout.native_parity_file.is_file():
         results += json.loads(layout.native_parity_file.read_text())["results"]
-    for device_file in layout.device_parity_files():
-        results += json.loads(device_file.read_text())["results"]
+    device_files = layout.device_parity_files()
+    current = run_exports_digest(run_dir) if device_files else None
+    for device_file in device_files:
+        document = read_device_parity(device_file)
+        if measured_export(document, device_file, current) == "current":
+            results += document["results"]
     return {"verification_set": payload.get("verification_set"), "results": results}

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from app.ablation import run_ablation
-from benchmarks.ablation_tables import ablation_rows, claims, format_table, paired_difference, stored_ablation
+from benchmarks.ablation_tables import ablation_rows, claims, format_table, paired_difference, stored_ablation, untested_claims, untested_text
 from pipeline.config import load_config, profile_path
 
 
@@ -93,6 +93,9 @@ def test_tiny_ablation_writes_the_table_and_reuses_finished_trainings(tmp_path):
     assert partial["rows"] == first["rows"] and len(partial["results"]) == 4
     header, rows = format_table(stored_ablation(ablation_dir))
     assert len(rows) == 3 and header[0] == "variant"
+    untested = {item["claim"]: item["why"] for item in first["untested_claims"]}  # the tiny ViT teacher takes APT
+    assert untested == {"urfm_apt > urfm": "no urfm row in this profile", "urfm > embedding_kd": "no urfm or embedding_kd row in this profile",
+                        "embedding_kd > no_kd": "no embedding_kd row in this profile", "urfm > no_kd": "no urfm row in this profile"}
 
 
 @pytest.mark.parametrize(("arguments", "error"), [
@@ -134,3 +137,15 @@ def test_objective_text_leaves_out_a_margin_loss_that_is_off():
     assert _objective_text(kd_alone) == "1·embedding_kd"
     assert _objective_text({"losses": [], "apt": None, "margin_weight": 1.0}) == "margin"
     assert _objective_text({**kd_alone, "margin_weight": 0.5}) == "0.5·margin + 1·embedding_kd"
+
+
+def test_claims_an_ablation_cannot_test_are_named_with_why():
+    """With a teacher APT does not apply to (EdgeFace), the APT claims say so; a row left out says it was left out."""
+    why_not_apt = "APT does not apply to the teacher EdgeFace: ..."
+    untested = untested_claims(["no_kd", "embedding_kd", "urfm"], why_not_apt)
+    assert untested == [{"claim": "urfm_apt > urfm", "why": why_not_apt}, {"claim": "urfm_apt > no_kd", "why": why_not_apt}]
+    assert untested_claims(["no_kd", "embedding_kd", "urfm", "urfm_apt"], why_not_apt) == []
+    assert untested_claims(["no_kd", "urfm_apt"], None)[0] == {"claim": "urfm_apt > urfm", "why": "no urfm row in this profile"}
+    text = untested_text({"untested_claims": untested})
+    assert text == f"Not tested here: urfm_apt > urfm, urfm_apt > no_kd ({why_not_apt})."
+    assert untested_text({"untested_claims": []}) is None and untested_text({}) is None

@@ -95,11 +95,17 @@ def test_the_report_keeps_emulated_devices_apart_from_real_ones(tmp_path: Path) 
     from benchmarks.latency import latency_document
     from benchmarks.report import _devices_section
     from benchmarks.report_document import Document
+    from pipeline.run_layout import RunLayout, exports_digest
 
+    layout = RunLayout(tmp_path)
+    layout.exports_file.parent.mkdir()
+    layout.exports_file.write_text(json.dumps([{"format": "ncnn", "precision": "fp16", "status": "exported", "files": [PARAM_NAME]}]))
     rows = results_from_benchncnn(parse_benchncnn_output((PHONE / "benchncnn_threads1.txt").read_text()), PARAM_NAME)
-    for name, fixture in (("android_phone.json", "phone"), ("android_qemu.json", "qemu_phone")):
+    for name, fixture in (("android_phone", "phone"), ("android_qemu", "qemu_phone")):
         device = describe_android_device(parse_getprop((FIXTURES / fixture / "getprop.txt").read_text()))
-        (tmp_path / name).write_text(json.dumps(latency_document(rows, [], device, {}, None, {})))
+        layout.device_latency_file(name).parent.mkdir(exist_ok=True)
+        layout.device_latency_file(name).write_text(json.dumps(latency_document(rows, [], device, {}, None, {},
+                                                                                exports_digest(layout.exports_file.parent))))
     doc = Document("report")
     _devices_section(doc, tmp_path)
     text = doc.to_markdown()

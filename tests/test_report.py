@@ -15,10 +15,12 @@ from PIL import Image
 
 from benchmarks.android import describe_android_device, parse_getprop
 from benchmarks.benchncnn import parse_benchncnn_output, results_from_benchncnn
+from benchmarks.distill_speed import STUDENT_LADDER
 from benchmarks.latency import latency_document, load_latency_document
 from benchmarks.report import build_report, summary_rows
 from deploy.formats import get_format
 from pipeline.models.saved import load_model
+from pipeline.run_layout import exports_digest
 from tests.conftest import read_json
 
 pytestmark = pytest.mark.slow
@@ -57,6 +59,25 @@ def test_distill_speed_shows_what_the_teacher_costs(tiny_run: dict) -> None:
     assert speed["online_step_time_vs_student_alone"] == pytest.approx(speed["student_alone_images_per_s"] / speed["distill_online_teacher_images_per_s"], abs=0.01)
 
 
+def test_distill_speed_ladder_adds_one_setting_per_row_up_to_the_profiles(tiny_run: dict) -> None:
+    """Old settings against new, side by side, each change on its own row; the teacher's own training too."""
+    speed = read_json(tiny_run["run_dir"] / "benchmark" / "distill_speed.json")
+    ladder = speed["student_ladder"]
+    assert [row["row"] for row in ladder] == [name for name, _ in STUDENT_LADDER]
+    assert not any(ladder[0]["settings"].values())  # the trainer as it was: every new setting off
+    for before, after in zip(ladder, ladder[1:]):
+        changed = {key for key in after["settings"] if after["settings"][key] != before["settings"][key]}
+        assert changed == {after["row"]} or after["row"] == "bf16_autocast" and changed == {"mixed_precision"}, changed
+    optim = tiny_run["config"].distill.optim
+    assert ladder[-1]["settings"] == {key: getattr(optim, key) for key in ladder[-1]["settings"]}
+    assert all(row["images_per_s"] > 0 for row in ladder)
+    assert speed["student_alone_before_images_per_s"] == ladder[0]["images_per_s"]
+    assert speed["student_alone_images_per_s"] == ladder[-1]["images_per_s"]
+    assert speed["teacher_training_before_images_per_s"] > 0 and speed["teacher_training_images_per_s"] > 0
+    report = (tiny_run["run_dir"] / "report" / "report.md").read_text()
+    assert "+ compiled BatchNorm+PReLU kernels" in report and "teacher's own training, now" in report
+
+
 def test_report_has_latency_figures_cost_and_device_tables(tiny_run: dict) -> None:
     out = tiny_run["run_dir"] / "report"
     markdown = (out / "report.md").read_text()
@@ -76,7 +97,8 @@ def test_phone_results_join_the_report_and_the_summary_keeps_its_shape(tiny_run:
     shutil.copytree(tiny_run["run_dir"], run_dir, ignore=shutil.ignore_patterns("work", "*.mlpackage"))
     output = parse_benchncnn_output((PHONE / "benchncnn_threads4.txt").read_text())
     phone = latency_document(results_from_benchncnn(output, "student_fp16.ncnn.param"), [],
-                             describe_android_device(parse_getprop((PHONE / "getprop.txt").read_text())), {}, None, {"loop_count": 50})
+                             describe_android_device(parse_getprop((PHONE / "getprop.txt").read_text())), {}, None, {"loop_count": 50},
+                             exports_digest(run_dir / "export"))
     (run_dir / "devices").mkdir()
     (run_dir / "devices" / "android_5a1b2c3d.json").write_text(json.dumps(phone))
     build_report(run_dir, run_dir / "report", "run_name: tiny\n")

@@ -6,6 +6,8 @@ Writes latency.json (schema in benchmarks/latency.py) and distill_speed.json (be
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from benchmarks.distill_speed import measure_distill_speed
@@ -44,8 +46,10 @@ def run_benchmark_stage(context: StageContext) -> None:
     context.summary.update(rows=len(document["results"]), skipped=len(document["skipped"]),
                            parameters=model["parameters"], gflops=round(model["flops"] / 1e9, 4))
     if settings.distill_speed_steps:
-        speed = measure_distill_speed(lambda: create_model(config.student.model, **config.student.model_args),
+        teacher_training = (partial(create_model, config.teacher.model, **config.teacher.model_args), config.teacher.margin,
+                            config.teacher.optim)
+        speed = measure_distill_speed(partial(create_model, config.student.model, **config.student.model_args),
                                       load_model(context.input_dir("teacher"), "teacher"), load_training_set(context.input_dir("data")),
-                                      spec, config.distill, config.seed, settings.distill_speed_steps)
+                                      spec, config.distill, config.seed, settings.distill_speed_steps, teacher_training)
         write_json(context.out_dir, DISTILL_SPEED_FILE, speed)
         context.summary["distill_speed"] = {k: v for k, v in speed.items() if k.endswith("images_per_s")}

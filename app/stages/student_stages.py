@@ -86,7 +86,7 @@ def train_student(job: StudentJob, stem: str, objective: DistillVariant) -> dict
     return {
         "steps": result.global_steps, "resumed_from_step": result.resumed_from_step,
         "train_wall_time_s": round(result.wall_time_s, 1), "images_per_s": round(result.images_per_s, 1),
-        "median_step_s": round(result.median_step_s, 5),
+        "median_step_s": round(result.median_step_s, 5), "precision": result.precision,
         "losses": [loss.name for loss in losses], "apt": objective.apt is not None, "margin_weight": objective.margin_weight,
         "teacher_signals": "none" if teacher is None else "cached" if isinstance(teacher, TeacherSignals) else "live",
         "teacher_bf16": bool(getattr(teacher, "bf16", False)),

@@ -56,6 +56,7 @@ def run_teacher_stage(context: StageContext) -> None:
         context.summary.update({
             "source": "trained", "steps": result.global_steps, "resumed_from_step": result.resumed_from_step,
             "train_wall_time_s": round(result.wall_time_s, 1), "images_per_s": round(result.images_per_s, 1),
+            "precision": result.precision,
         })
     save_model(context.out_dir, "teacher", teacher, teacher_config.model, dict(teacher_config.model_args))
     context.summary["parameters"] = sum(p.numel() for p in teacher.parameters())

@@ -86,6 +86,6 @@ def teacher_runs_in_bf16(precision: str, device: torch.device) -> bool:
     """The `distill.teacher_precision` setting resolved for this device (see its description in the config)."""
     if precision != "auto":
         return precision == "bf16"
-    from pipeline.cpu_features import has_native_bf16
+    from pipeline.cpu_features import native_bf16_on
 
-    return device.type == "cuda" or (device.type == "cpu" and has_native_bf16())
+    return native_bf16_on(device.type)

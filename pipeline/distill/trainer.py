@@ -11,7 +11,9 @@ loss joins the objective. Student feature maps that terms read are captured with
 the function returns.
 
 Speed and recipe settings live in `OptimConfig`: channels-last tensors, the compiled BatchNorm+PReLU kernel
-(`models/fused_bn.py`), online augmentation (`augment.py`, each face's view fixed by a seed its batch carries), a
+(`models/fused_bn.py`), bf16 autocast where the device computes bf16 natively (losses in fp32; on CPU the
+convolutions oneDNN is slow at in bf16 stay fp32, `models/cpu_autocast.py`), glibc keeping freed activation memory
+(`host_memory.py`), online augmentation (`augment.py`, each face's view fixed by a seed its batch carries), a
 moving average of the weights (timm's ModelEmaV3) saved as the trained model, and an evaluation every N steps that
 records accuracy against training time.
 
@@ -31,14 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 from timm.utils.model_ema import ModelEmaV3
 from tqdm import tqdm
 
 from pipeline.config import MarginConfig, OptimConfig
+from pipeline.cpu_features import native_bf16_on
 from pipeline.data.arrays import FaceArrays
 from pipeline.distill.batches import epoch_batches, images_to_tensor, steps_per_epoch
 from pipeline.distill.checkpoint import resume_checkpoint, save_checkpoint
 from pipeline.distill.distributed import Distributed, current, sync_batchnorms, unsync_batchnorms
+from pipeline.distill.host_memory import keep_freed_memory
 from pipeline.distill.losses import STUDENT_LOGITS, TEACHER_EMBEDDING, TEACHER_TOKENS, DistillInputs, DistillLoss
 from pipeline.distill.teacher_signals import TeacherBatch, TeacherSignals
 from pipeline.errors import PipelineError
@@ -64,6 +69,10 @@ class WeightedLoss:
     module: DistillLoss
 
 
+# Profiler labels of a step's parts (benchmarks/step_profile.py reads them); free when no profiler runs.
+STEP_REGIONS = {part: f"train.{part}" for part in ("data", "forward", "losses", "backward", "optimizer")}
+
+
 @dataclass
 class TrainResult:
     global_steps: int
@@ -73,6 +82,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     curve: list[dict] = field(default_factory=list)  # {"step", "images", "train_s", ...the evaluation's figures}
     median_step_s: float = 0.0  # this process's steps (warm-up, evaluations and checkpoints weigh nothing in it)
+    precision: str = "fp32"  # "bf16" where the forward ran under bf16 autocast
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
@@ -124,7 +134,10 @@ def train_recognition_model(
         raise PipelineError(f"{description}: cached teacher signals are of un-augmented faces; augmentation needs a live teacher")
     rows = usable_rows(train_set.labels, needs_teacher, description)
     device = ctx.device
-    autocast_enabled = optim.mixed_precision and device.type == "cuda"
+    autocast_enabled = optim.mixed_precision and native_bf16_on(device.type)
+    if device.type == "cpu" and optim.keep_freed_memory:
+        keep_freed_memory()
+    log.info("%s: %s training on %s", description, "bf16 autocast" if autocast_enabled else "fp32", device)
     student_taps = sorted({tap for term in distill_losses for tap in term.module.student_taps})
     teacher_taps = tuple(sorted({tap for term in distill_losses for tap in term.module.teacher_taps}))
 
@@ -190,13 +203,15 @@ def train_recognition_model(
 
     def step_terms(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss of one batch and its named terms (margin, each distillation term, the live teacher's own loss)."""
-        images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec, optim.augment, batch.augment_seeds,
-                                  device).contiguous(memory_format=memory_format)
-        labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64)).to(device)
+        with record_function(STEP_REGIONS["data"]):
+            images = images_to_tensor(train_set.images[batch.indices], batch.flipped, spec, optim.augment, batch.augment_seeds,
+                                      device).contiguous(memory_format=memory_format)
+            labels = torch.from_numpy(train_set.labels[batch.indices].astype(np.int64)).to(device)
         captured.clear()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled):
+        with record_function(STEP_REGIONS["forward"]), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_enabled):
             embedding = backbone(images)  # losses below stay in fp32: margins and KD are precision-sensitive
-        return _terms_of(images, labels, embedding.float(), batch)
+        with record_function(STEP_REGIONS["losses"]):
+            return _terms_of(images, labels, embedding.float(), batch)
 
     def _terms_of(images: torch.Tensor, labels: torch.Tensor, embedding: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         terms = {"margin": head.margin_loss(embedding, labels)} if margin_weight > 0 else {}
@@ -207,7 +222,7 @@ def train_recognition_model(
             signals = teacher.signals(batch.indices, batch.flipped, images, labels, teacher_taps).to(device)
         student_logits = head.cosine(embedding) * head.scale if STUDENT_LOGITS in required else None
         inputs = DistillInputs(embedding, labels, signals.embedding, student_logits=student_logits,
-                               student_features=dict(captured), teacher_tokens=signals.tokens,
+                               student_features={tap: value.float() for tap, value in captured.items()}, teacher_tokens=signals.tokens,
                                teacher_prompts=signals.prompts)
         for term in distill_losses:
             terms[term.name] = term.module(inputs)
@@ -249,12 +264,14 @@ def train_recognition_model(
                             f"{description}: loss is {loss.item()} at step {global_step} (epoch {epoch}); "
                             f"{last_good()}"
                         )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    global_step += 1
-                    if "ema" in trainable:
-                        trainable["ema"].update(backbone, step=global_step)
+                    with record_function(STEP_REGIONS["backward"]):
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                    with record_function(STEP_REGIONS["optimizer"]):
+                        optimizer.step()
+                        global_step += 1
+                        if "ema" in trainable:
+                            trainable["ema"].update(backbone, step=global_step)
                     step_seconds.append(time.perf_counter() - step_started)
                     trained_s += step_seconds[-1]
                     logged = {"loss": loss, **terms}
@@ -299,7 +316,7 @@ def train_recognition_model(
     backbone.eval()
     median_step_s = float(np.median(step_seconds)) if step_seconds else 0.0
     return head, TrainResult(global_step, resumed_from, wall, trained_images / wall if wall > 0 else 0.0, history, curve,
-                             median_step_s)
+                             median_step_s, "bf16" if autocast_enabled else "fp32")
 
 
 def trained_weights(trainable: nn.ModuleDict) -> nn.Module:

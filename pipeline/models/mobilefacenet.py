@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.models.cpu_autocast import convolve
 from pipeline.models.fused_bn import batchnorm_prelu
 from pipeline.models.registry import register_model
 
@@ -17,7 +18,8 @@ from pipeline.models.registry import register_model
 class ConvBnAct(nn.Sequential):
     """Conv -> BatchNorm -> optional PReLU, the unit every MobileFaceNet block is built from.
 
-    In training, BatchNorm + PReLU may run as one compiled kernel (`fused_bn`); the modules, and eval, are unchanged.
+    In training, BatchNorm + PReLU may run as one compiled kernel (`fused_bn`), and under CPU bf16 autocast the
+    convolutions oneDNN is slow at in bf16 stay fp32 (`cpu_autocast`); the modules, and eval, are unchanged.
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
@@ -30,9 +32,10 @@ class ConvBnAct(nn.Sequential):
         super().__init__(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = convolve(self[0], x)
         if len(self) == 3:
-            return batchnorm_prelu(self[0](x), self[1], self[2])
-        return self[1](self[0](x))
+            return batchnorm_prelu(y, self[1], self[2])
+        return self[1](y)
 
 
 class Bottleneck(nn.Module):

@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.config import SyntheticDataConfig
 from pipeline.data.arrays import FaceArrays, VerificationPairs
+from pipeline.data.folder_pairs import sample_pair_rows
 from pipeline.data.synthetic.identity import sample_identity
 from pipeline.data.synthetic.render import render_identity_images
 from pipeline.data.synthetic.seeds import PAIR_STREAM, VERIFICATION_ID_OFFSET, identity_image_seed
@@ -67,27 +68,10 @@ def generate_training_set(config: SyntheticDataConfig, *, image_size: int, seed:
 def sample_pair_indices(
     num_identities: int, images_per_identity: int, num_pairs: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Image-row indices (first, second) and issame for num_pairs pairs, exactly half of them same-identity.
-
-    Same pairs are distinct image pairs of one identity, drawn without repeats while there are enough; different
-    pairs join images of two distinct identities. Order is shuffled so issame is not a block pattern.
-    """
-    rng = np.random.default_rng([seed, PAIR_STREAM])
-    half = num_pairs // 2
-    first_in, second_in = np.triu_indices(images_per_identity, k=1)
-    same_pool = len(first_in) * num_identities
-    pick = rng.choice(same_pool, size=half, replace=half > same_pool)
-    same_identity, within = np.divmod(pick, len(first_in))
-    same = np.stack([same_identity * images_per_identity + first_in[within],
-                     same_identity * images_per_identity + second_in[within]], axis=1)  # fmt: skip
-    identity_a = rng.integers(0, num_identities, half)
-    identity_b = (identity_a + rng.integers(1, num_identities, half)) % num_identities
-    different = np.stack([identity_a * images_per_identity + rng.integers(0, images_per_identity, half),
-                          identity_b * images_per_identity + rng.integers(0, images_per_identity, half)], axis=1)  # fmt: skip
-    pairs = np.concatenate([same, different])
-    issame = np.concatenate([np.ones(half, bool), np.zeros(half, bool)])
-    order = rng.permutation(num_pairs)
-    return pairs[order, 0], pairs[order, 1], issame[order]
+    """Image-row indices (first, second) and issame for num_pairs pairs over identity-major rows, exactly half
+    same-identity: `sample_pair_rows` (pipeline/data/folder_pairs.py) on the pair stream of `seed`."""
+    labels = np.repeat(np.arange(num_identities), images_per_identity)
+    return sample_pair_rows(labels, num_pairs, np.random.default_rng([seed, PAIR_STREAM]))
 
 
 def generate_verification_pairs(
