@@ -163,6 +163,7 @@ def ablation_markdown(document: dict) -> str:
         claim_header, claim_rows = claims_table(document)
         lines += ["", CLAIMS_NOTE, "", "| " + " | ".join(claim_header) + " |", "|" + "---|" * len(claim_header)]
         lines += ["| " + " | ".join(row) + " |" for row in claim_rows]
-    if untested_text(document):
-        lines += ["", untested_text(document)]
+    untested = untested_text(document)
+    if untested:
+        lines += ["", untested]
     return "\n".join(lines) + "\n"

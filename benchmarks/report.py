@@ -408,8 +408,9 @@ def _ablation_section(doc: Document, run_dir: Path) -> None:
     if document.get("claims"):
         doc.paragraph(CLAIMS_NOTE)
         doc.table(*claims_table(document))
-    if untested_text(document):
-        doc.paragraph(untested_text(document))
+    untested = untested_text(document)
+    if untested:
+        doc.paragraph(untested)
 
 
 def build_report(run_dir: Path, out_dir: Path, config_yaml: str) -> Document:

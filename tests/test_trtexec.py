@@ -20,7 +20,7 @@ from benchmarks.trtexec import ASSUMED_VERSION, TRTEXEC_ENV, find_trtexec, parse
 from deploy.export.tensorrt_export import onnx_is_fp16, tensorrt_available
 from pipeline.artifacts import write_json_atomic
 from pipeline.preprocess import PreprocessSpec
-from pipeline.run_layout import EXPORTS_FILE, MODEL_MANIFEST
+from pipeline.run_layout import EXPORTS_DIGEST, EXPORTS_FILE, MODEL_MANIFEST, exports_digest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = REPO_ROOT / "tests" / "fixtures" / "trtexec" / "trtexec_fp16_batch1.log"
@@ -136,7 +136,9 @@ def test_trtexec_rows_build_what_each_version_accepts(tmp_path, monkeypatch, cod
 
 
 def test_device_benchmark_builds_engines_here_before_timing(tmp_path):
-    """docker/device-benchmark.sh: TensorRT records point at engines built on this machine, never at the host's."""
+    """docker/device-benchmark.sh: TensorRT records point at engines built on this machine, never at the host's; the
+    latency file names the run's export records, not those of the copy it rewrote (or every Jetson file would read as
+    stale in the run's report)."""
     if tensorrt_available()[0]:
         pytest.skip("TensorRT can run here: the engines would really be built")
     export_dir, _ = write_export_dir(tmp_path / "export")
@@ -152,6 +154,8 @@ def test_device_benchmark_builds_engines_here_before_timing(tmp_path):
                                 "--throughput-runs", "2"], capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-2000:]
     here = tmp_path / "results" / "device-export"
+    assert exports_digest(here) != exports_digest(export_dir)  # the copy's records differ ...
+    assert load_latency_document(out)[EXPORTS_DIGEST] == exports_digest(export_dir)  # ... the file names the run's
     [engine_record] = [r for r in json.loads((here / EXPORTS_FILE).read_text()) if r["format"] == "tensorrt"]
     assert engine_record["status"] == "skipped" and engine_record["files"] == []
     assert not (here / "student_fp16.engine").exists() and (here / "student_fp32.onnx").is_file()

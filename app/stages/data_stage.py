@@ -134,8 +134,6 @@ def load_user_verification_sets(data: DataConfig, size: tuple[int, int]) -> list
         elif entry.kind == "folder_pairs":
             from pipeline.data.folder_pairs import load_folder_pairs
 
-            if entry.num_pairs is None:
-                raise ConfigError(f"verification set {entry.path}: kind folder_pairs needs num_pairs")
             pairs = load_folder_pairs(Path(entry.path), entry.num_pairs, entry.pair_seed, size=size,
                                       max_bad_fraction=data.max_bad_fraction, name=entry.name)
         else:
